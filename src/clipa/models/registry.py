@@ -1,0 +1,149 @@
+"""Named model configs (OpenCLIP's names) and ``create_model``, timm style."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import ModelConfig, TextConfig, VisionConfig, from_dict, to_dict, validate_model
+from .clip import CLIP
+from .pos_embed import resample_1d, resample_grid
+
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
+
+
+def register(name: str) -> Callable:
+    def deco(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _openclip(embed, image, patch, vw, vl, vhw, tw, th, tl, mlp=4.0) -> ModelConfig:
+    return ModelConfig(
+        embed_dim=embed,
+        vision=VisionConfig(image_size=image, patch_size=patch, width=vw, layers=vl,
+                            head_width=vhw, mlp_ratio=mlp),
+        text=TextConfig(width=tw, heads=th, layers=tl),
+    )
+
+
+def _clipa(cfg: ModelConfig) -> ModelConfig:
+    """CLIPA's towers: no pre-LN, mean-pooled patches with LN after pooling, bidirectional
+    text pooled at the last position, BERT WordPiece tokens, context 32."""
+    v = dataclasses.replace(cfg.vision, ln_pre=False, pool="avg", final_ln_after_pool=True)
+    t = dataclasses.replace(cfg.text, context_length=32, vocab_size=32000, causal=False,
+                            pool="last", tokenizer="bert")
+    return dataclasses.replace(cfg, vision=v, text=t)
+
+
+_BASE = {  # name: (embed, patch, vision width, layers, head width, text width, heads, layers, mlp)
+    "ViT-S-16": (384, 16, 384, 12, 64, 384, 6, 12, 4.0),
+    "ViT-B-32": (512, 32, 768, 12, 64, 512, 8, 12, 4.0),
+    "ViT-B-16": (512, 16, 768, 12, 64, 512, 8, 12, 4.0),
+    "ViT-L-14": (768, 14, 1024, 24, 64, 768, 12, 12, 4.0),
+    "ViT-L-16": (768, 16, 1024, 24, 64, 768, 12, 12, 4.0),
+    "ViT-H-14": (1024, 14, 1280, 32, 80, 1024, 16, 24, 4.0),
+    "ViT-bigG-14": (1280, 14, 1664, 48, 104, 1280, 20, 32, 4.9231),
+}
+
+for _name, (e, p, vw, vl, vhw, tw, th, tl, mlp) in _BASE.items():
+    def _make(e=e, p=p, vw=vw, vl=vl, vhw=vhw, tw=tw, th=th, tl=tl, mlp=mlp, size=224):
+        return _openclip(e, size, p, vw, vl, vhw, tw, th, tl, mlp)
+    register(_name)(_make)
+    if _name in ("ViT-L-14", "ViT-H-14", "ViT-bigG-14"):
+        register(f"{_name}-CLIPA")(lambda m=_make: _clipa(m()))
+        register(f"{_name}-CLIPA-336")(lambda m=_make: _clipa(m(size=336)))
+
+
+@register("clipa-tiny")
+def _tiny() -> ModelConfig:
+    """The built-in demo model: small enough to train on two CPU cores in a minute or two."""
+    return ModelConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=32, patch_size=4, width=128, layers=3, head_width=32),
+        text=TextConfig(context_length=16, width=128, heads=4, layers=3),
+    )
+
+
+@register("clipa-tiny-clipa")
+def _tiny_clipa() -> ModelConfig:
+    """The demo size with CLIPA's tower choices (and the CLIP BPE, which needs no files)."""
+    cfg = _clipa(_tiny())
+    cfg.vision.pos_embed = "sincos"
+    cfg.text = dataclasses.replace(cfg.text, vocab_size=49408, tokenizer="clip", context_length=16)
+    return cfg
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def get_model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The registry config ``name`` with nested overrides, e.g. ``vision={"layers": 2}``."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    tree = _merge(to_dict(_REGISTRY[name]()), overrides)
+    cfg = from_dict(ModelConfig, tree, prefix="model.")
+    validate_model(cfg)
+    return cfg
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights safely: safetensors, or torch files with ``weights_only=True``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def adapt_state_dict(sd: dict[str, torch.Tensor], model: CLIP) -> dict[str, torch.Tensor]:
+    """Resize position tables to the model's grid and context (bicubic / linear)."""
+    sd = dict(sd)
+    key = "visual.positional_embedding"
+    own = model.visual.positional_embedding
+    if key in sd and sd[key].shape != own.shape:
+        if model.visual.cfg.pos_embed == "sincos":
+            sd[key] = own.detach().clone()
+        else:
+            g = model.visual.cfg.grid_size
+            sd[key] = resample_grid(sd[key], (g, g))
+    if "positional_embedding" in sd and sd["positional_embedding"].shape != model.positional_embedding.shape:
+        sd["positional_embedding"] = resample_1d(sd["positional_embedding"], model.context_length)
+    return sd
+
+
+def create_model(name: str, pretrained: str | Path | None = None, **overrides: Any) -> CLIP:
+    """Build a registered model; ``pretrained`` is an OpenCLIP or clipa weights file."""
+    model = CLIP(get_model_config(name, **overrides))
+    if pretrained is not None:
+        sd = adapt_state_dict(load_state_dict(pretrained), model)
+        model.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,1 @@
+"""CLIPA token reduction: fewer image patches and shorter captions in training."""
