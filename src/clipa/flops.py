@@ -1,0 +1,129 @@
+"""Analytic FLOPs of a CLIP model per image-text pair, for the forward pass and a training step.
+
+Counting convention (the one behind OpenCLIP's published table, docs/model_profile.csv, made
+with ``torch.utils.flop_counter.FlopCounterMode``): only matrix products count, a multiply-add
+is 2 FLOPs. That is the patch embedding (a stride-P convolution), every linear layer (qkv, out,
+MLP), the two attention products q@k^T and p@v over the full square (a causal mask saves nothing
+in this count, as in ``FlopCounterMode``), and the two output projections. Layer norms,
+softmax, activations, embeddings lookups and the pooling are left out (each is O(tokens x width),
+well under 1% at these sizes). The contrastive logits (2·B·E per pair for a global batch B) are
+left out too: under 0.5% at B = 64k.
+
+A training step is counted as forward + backward, the backward being twice the forward (a
+gradient for the input and one for the weight of every product), less the patch embedding's
+input gradient, which nothing needs. This equals ``FlopCounterMode`` on a forward + backward
+with the math attention kernel; flash-attention kernels recompute q@k^T in the backward, so
+their step does 0.5x the attention forward more.
+
+Image tokens: the class token plus the kept patches. Token reduction drops patches after the
+patch embedding, so the embedding always runs over the whole grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from .config import ModelConfig, TextConfig, VisionConfig
+from .models.registry import get_model_config, list_models
+
+
+@dataclass(frozen=True)
+class PairFlops:
+    """FLOPs per image-text pair, split by tower; ``patch_embed`` is part of ``image``."""
+
+    image: float
+    text: float
+    patch_embed: float
+    image_tokens: int  # sequence length in the image transformer (class token included)
+    text_tokens: int
+
+    @property
+    def forward(self) -> float:
+        return self.image + self.text
+
+    @property
+    def train_step(self) -> float:
+        return 3 * self.forward - self.patch_embed
+
+
+def transformer_flops(tokens: int, width: int, layers: int, mlp_ratio: float) -> float:
+    """Pre-LN transformer blocks: qkv + out projections, the MLP and full-square attention."""
+    hidden = int(width * mlp_ratio)  # as the model builds it
+    per_token = 2 * (4 * width * width + 2 * width * hidden)
+    attention = 2 * 2 * tokens * tokens * width  # q @ k^T and p @ v, summed over heads
+    return layers * (tokens * per_token + attention)
+
+
+def kept_patches(num_patches: int, keep: float = 1.0) -> int:
+    """Patches left when a fraction ``keep`` of them is kept (FLIP's ``max(1, int(N * keep))``)."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"image keep fraction must be in (0, 1], got {keep}")
+    return max(1, int(num_patches * keep))
+
+
+def image_flops(cfg: VisionConfig, embed_dim: int, image_size: int | None = None,
+                patches: int | None = None) -> tuple[float, float, int]:
+    """(forward FLOPs, of which patch embedding, sequence length) of the image tower.
+
+    ``patches`` is the number of patch tokens kept (default: the whole grid)."""
+    grid = (image_size or cfg.image_size) // cfg.patch_size
+    n = grid * grid
+    kept = n if patches is None else min(patches, n)
+    patch_embed = 2.0 * n * (3 * cfg.patch_size**2) * cfg.width
+    tokens = kept + 1  # the class token stays in the sequence even when pooling is "avg"
+    body = transformer_flops(tokens, cfg.width, cfg.layers, cfg.mlp_ratio)
+    return patch_embed + body + 2.0 * cfg.width * embed_dim, patch_embed, tokens
+
+
+def text_flops(cfg: TextConfig, embed_dim: int, text_length: int | None = None) -> tuple[float, int]:
+    """(forward FLOPs, sequence length) of the text tower; pooled before the projection."""
+    tokens = text_length or cfg.context_length
+    body = transformer_flops(tokens, cfg.width, cfg.layers, cfg.mlp_ratio)
+    return body + 2.0 * cfg.width * embed_dim, tokens
+
+
+def pair_flops(cfg: ModelConfig, image_size: int | None = None, image_patches: int | None = None,
+               text_length: int | None = None) -> PairFlops:
+    """FLOPs per image-text pair at a given resolution, kept patch count and text length."""
+    img, patch, img_tokens = image_flops(cfg.vision, cfg.embed_dim, image_size, image_patches)
+    txt, txt_tokens = text_flops(cfg.text, cfg.embed_dim, text_length)
+    return PairFlops(img, txt, patch, img_tokens, txt_tokens)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_flops_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "flops", help="analytic GFLOPs per image-text pair (forward and training step)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("model", help=f"registered model name ({', '.join(list_models())})")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the model's)")
+    p.add_argument("--image-keep", type=float, default=1.0,
+                   help="fraction of image patches kept by masking (default 1.0)")
+    p.add_argument("--text-length", type=int, default=None,
+                   help="text tokens (default: the model's context length)")
+    p.set_defaults(func=flops_main)
+    return p
+
+
+def flops_main(args: argparse.Namespace) -> int:
+    cfg = get_model_config(args.model)
+    size = args.image_size or cfg.vision.image_size
+    grid = size // cfg.vision.patch_size
+    f = pair_flops(cfg, size, kept_patches(grid * grid, args.image_keep), args.text_length)
+    rows = [
+        ("image", f.image, 3 * f.image - f.patch_embed),
+        ("text", f.text, 3 * f.text),
+        ("total", f.forward, f.train_step),
+    ]
+    print(f"{args.model}: image {size} px, {f.image_tokens} image tokens "
+          f"({f.image_tokens - 1} of {grid * grid} patches + class), {f.text_tokens} text tokens")
+    print(f"{'GFLOPs':<8}{'forward':>12}{'train step':>14}")
+    for name, fwd, step in rows:
+        print(f"{name:<8}{fwd / 1e9:>12,.2f}{step / 1e9:>14,.2f}")
+    print("(multiply-add = 2 FLOPs; matmuls and attention only; train step = 3x forward "
+          "less the patch embedding's input gradient)")
+    return 0

@@ -1,0 +1,124 @@
+"""Compute planner: what a recipe costs, stage by stage, before anything runs.
+
+Each stage trains ``samples`` image-text pairs at its own image size, kept patch count (masking)
+and text length; its compute is the analytic training-step FLOPs (``clipa.flops``) times the
+samples. Accelerator-hours = FLOPs / (peak FLOP/s x MFU). The defaults describe an A100 in bf16
+(312 TFLOP/s dense) at the utilisation that CLIPA-v2's published H/14 GPU-hours imply under this
+FLOP count (about 0.27), priced at the paper's A100-80GB rate ($12,247 / 7,776 GPU-hours).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ImageReductionConfig, RunConfig, load_config
+from .flops import pair_flops
+from .models.registry import get_model_config
+from .reduction.image import num_kept
+
+A100_BF16_TFLOPS = 312.0
+CLIPA_V2_MFU = 0.27
+CLIPA_V2_USD_PER_GPU_HOUR = 12_247 / 7_776
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    image_size: int
+    image_tokens: int  # per sample, class token included
+    text_tokens: int
+    samples: int
+    steps: int
+    step_flops: float  # training FLOPs per pair
+    flops: float  # whole stage
+    hours: float
+    cost: float
+
+    @property
+    def tokens(self) -> int:
+        return self.samples * (self.image_tokens + self.text_tokens)
+
+
+def kept_patch_count(reduction: ImageReductionConfig, num_patches: int) -> int:
+    """Patches the image tower sees in training under a stage's reduction (masking rules count
+    by the stage's ``ratio`` or ``keep``, so a grid-masking stage should say ratio 0.75)."""
+    if reduction.strategy in ("none", "resize"):  # resize acts through the stage's image size
+        return num_patches
+    return num_kept(reduction, num_patches)
+
+
+def plan_run(cfg: RunConfig, accelerator_tflops: float = A100_BF16_TFLOPS, mfu: float = CLIPA_V2_MFU,
+             usd_per_hour: float = CLIPA_V2_USD_PER_GPU_HOUR) -> list[StagePlan]:
+    """One ``StagePlan`` per stage of ``cfg``."""
+    if accelerator_tflops <= 0 or not 0 < mfu <= 1:
+        raise ValueError("accelerator TFLOP/s must be positive and MFU in (0, 1]")
+    model = get_model_config(cfg.model, **cfg.model_overrides)
+    flops_per_hour = accelerator_tflops * 1e12 * mfu * 3600
+    plans = []
+    for stage in cfg.stages:
+        size = stage.image_size or model.vision.image_size
+        grid = size // model.vision.patch_size
+        f = pair_flops(model, size, kept_patch_count(stage.image_reduction, grid * grid),
+                       stage.text_length or model.text.context_length)
+        total = f.train_step * stage.samples
+        hours = total / flops_per_hour
+        plans.append(StagePlan(
+            name=stage.name, image_size=size, image_tokens=f.image_tokens, text_tokens=f.text_tokens,
+            samples=stage.samples, steps=-(-stage.samples // stage.batch_size), step_flops=f.train_step,
+            flops=total, hours=hours, cost=hours * usd_per_hour,
+        ))
+    return plans
+
+
+def _count(n: float) -> str:
+    """12.81B, 524.3M, 3.2k: short counts a person reads at a glance."""
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.4g}{suffix}"
+    return f"{n:g}"
+
+
+def format_plan(plans: list[StagePlan]) -> str:
+    """An aligned table: one row per stage, then the totals."""
+    head = ("stage", "px", "tokens/pair", "samples", "steps", "tokens", "GFLOPs/pair", "PFLOPs",
+            "acc-hours", "cost $")
+    rows = [(p.name, str(p.image_size), f"{p.image_tokens}+{p.text_tokens}", _count(p.samples),
+             f"{p.steps:,}", _count(p.tokens), f"{p.step_flops / 1e9:,.1f}", f"{p.flops / 1e15:,.0f}",
+             f"{p.hours:,.0f}", f"{p.cost:,.0f}") for p in plans]
+    total = ("total", "", "", _count(sum(p.samples for p in plans)), f"{sum(p.steps for p in plans):,}",
+             _count(sum(p.tokens for p in plans)), "", f"{sum(p.flops for p in plans) / 1e15:,.0f}",
+             f"{sum(p.hours for p in plans):,.0f}", f"{sum(p.cost for p in plans):,.0f}")
+    widths = [max(len(r[i]) for r in (head, *rows, total)) for i in range(len(head))]
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    rule = "-" * len(line(head))
+    return "\n".join([line(head), rule, *map(line, rows), rule, line(total)])
+
+
+def add_plan_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("plan", help="compute, accelerator-hours and cost of a recipe, per stage",
+                              description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("recipe", help="a run config YAML, e.g. configs/clipa_v2_h14_dc1b_84_224.yaml")
+    p.add_argument("--accelerator-tflops", type=float, default=A100_BF16_TFLOPS,
+                   help=f"peak dense TFLOP/s of one accelerator (default {A100_BF16_TFLOPS:g}: A100 bf16)")
+    p.add_argument("--mfu", type=float, default=CLIPA_V2_MFU,
+                   help=f"model FLOPs utilisation (default {CLIPA_V2_MFU:g}, what CLIPA-v2's H/14 implies)")
+    p.add_argument("--usd-per-hour", type=float, default=CLIPA_V2_USD_PER_GPU_HOUR,
+                   help=f"price of one accelerator-hour (default {CLIPA_V2_USD_PER_GPU_HOUR:.3f})")
+    p.set_defaults(func=plan_main)
+    return p
+
+
+def plan_main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe)
+    plans = plan_run(cfg, args.accelerator_tflops, args.mfu, args.usd_per_hour)
+    print(f"{Path(args.recipe).name}: {cfg.model}, {args.accelerator_tflops:g} TFLOP/s x MFU "
+          f"{args.mfu:g}, ${args.usd_per_hour:.3f}/hour")
+    print(format_plan(plans))
+    print("(training step = forward + backward, multiply-add = 2 FLOPs; tokens/pair = image + text "
+          "sequence lengths after resizing and masking)")
+    return 0
