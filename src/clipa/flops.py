@@ -5,7 +5,7 @@ with ``torch.utils.flop_counter.FlopCounterMode``): only matrix products count, 
 is 2 FLOPs. That is the patch embedding (a stride-P convolution), every linear layer (qkv, out,
 MLP), the two attention products q@k^T and p@v over the full square (a causal mask saves nothing
 in this count, as in ``FlopCounterMode``), and the two output projections. Layer norms,
-softmax, activations, embeddings lookups and the pooling are left out (each is O(tokens x width),
+softmax, activations, embedding lookups and the pooling are left out (each is O(tokens x width),
 well under 1% at these sizes). The contrastive logits (2·B·E per pair for a global batch B) are
 left out too: under 0.5% at B = 64k.
 
