@@ -58,3 +58,19 @@ def test_evaluate_classification_matches_clip_benchmark(tiny, tokenizer):
     ref = classification_metrics(logits, target)
     for k in ref:
         assert ours[k] == pytest.approx(ref[k], abs=1e-6)
+
+
+def test_retrieval_metrics_match_clip_benchmark():
+    from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k
+    from clipa.eval.retrieval import retrieval_metrics
+    g = torch.Generator().manual_seed(3)
+    owner = torch.tensor([i for i in range(40) for _ in range(1 + i % 3)])  # 1 to 3 captions per image
+    scores = torch.randn(len(owner), 40, generator=g)
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(owner)), owner] = True
+    ours = retrieval_metrics(scores, owner, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        img = (batchify(recall_at_k, scores, positive, 16, "cpu", k=k) > 0).float().mean().item()
+        txt = (batchify(recall_at_k, scores.T, positive.T, 16, "cpu", k=k) > 0).float().mean().item()
+        assert ours[f"image_retrieval_recall@{k}"] == pytest.approx(img, abs=1e-7)
+        assert ours[f"text_retrieval_recall@{k}"] == pytest.approx(txt, abs=1e-7)

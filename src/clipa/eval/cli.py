@@ -1,0 +1,129 @@
+"""``clipa eval CHECKPOINT``: zero-shot classification, retrieval or a linear probe, with results
+as CLIP_benchmark's JSON files and a table on the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .datasets import IMAGENET_VARIANTS, eval_transform, imagenet_set
+from .runner import TASKS, default_task, evaluate_set, format_table, open_data, result_record, write_result
+
+
+def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: zero-shot, retrieval or linear probe",
+        description="Evaluate a clipa checkpoint folder, or an OpenCLIP weights file given with --model. "
+                    "With no data given, a run trained on the built-in digits is scored on held-out digits.")
+    p.add_argument("checkpoint", help="clipa checkpoint folder (or run folder), or a weights file with --model")
+    p.add_argument("--model", help="registry name for a plain weights file (OpenCLIP layout), e.g. ViT-B-32")
+    p.add_argument("--task", choices=TASKS, help="default: zeroshot for classification data, retrieval for captions")
+    p.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="CLIP_benchmark webdataset folder, caption shards (.tar, brace pattern, folder) or an "
+                        "image folder (with --classnames); repeatable")
+    p.add_argument("--split", default="test", help="split folder of a CLIP_benchmark layout (default: test)")
+    p.add_argument("--train-split", default="train",
+                   help="linear probe: training split folder; when absent, a stratified half of --split is used")
+    p.add_argument("--classnames", help="class-name file for an image folder: line i names the i-th folder")
+    p.add_argument("--templates", help="prompt templates file ({c} = class name); default OpenAI's 80")
+    for variant in IMAGENET_VARIANTS:
+        p.add_argument(f"--{variant}", metavar="DIR", dest=variant.replace("-", "_"),
+                       help=f"local {variant} folder (ImageNet class names and the 80 OpenAI templates)")
+    p.add_argument("--output", help="results JSON; with several data sets or tasks, '{dataset}' and '{task}' "
+                                    "in the name are filled in, else they are appended to it")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--max-samples", type=int, help="evaluate only the first N images of each data set")
+    p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=eval_main)
+    return p
+
+
+def load_for_eval(checkpoint: str | Path, model_name: str | None = None) -> tuple[Any, str, Any]:
+    """(model in eval mode, its name, the run config or None) from a clipa checkpoint or a weights file."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if model_name is not None:
+        from ..models import create_model
+        return create_model(model_name, pretrained=path).eval(), model_name, None
+    if path.is_file():
+        raise ValueError(f"{path} is a weights file: name its architecture with --model (e.g. --model ViT-B-32)")
+    from ..train.checkpoint import load_model
+    model, run_cfg = load_model(path)
+    return model.eval(), run_cfg.model, run_cfg
+
+
+def default_evaluation(model: Any, run_cfg: Any, device: str) -> tuple[str, str, dict[str, float]]:
+    """``clipa eval CHECKPOINT`` alone: what the run evaluated during training (held-out digits
+    for a digits run, else its ``eval.data``)."""
+    if run_cfg is None:
+        raise ValueError("nothing to evaluate: give --data DIR or an ImageNet folder (e.g. --imagenet-val DIR)")
+    from ..train.evaluate import evaluate_during_training
+    metrics = evaluate_during_training(model, run_cfg, torch.device(device))
+    if not metrics:
+        raise ValueError("this run has no built-in evaluation (not trained on digits, no eval.data): "
+                         "give --data DIR or an ImageNet folder")
+    name = "digits" if run_cfg.eval.data is None else Path(run_cfg.eval.data).name
+    return name, "zeroshot" if "acc1" in metrics else "retrieval", metrics
+
+
+def output_path(template: str, dataset: str, task: str, several: bool) -> Path:
+    if "{dataset}" in template or "{task}" in template:
+        return Path(template.format(dataset=dataset, task=task))
+    path = Path(template)
+    return path.with_name(f"{path.stem}_{dataset}_{task}{path.suffix or '.json'}") if several else path
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, model_name, run_cfg = load_for_eval(args.checkpoint, args.model)
+    model.to(device)
+    from ..tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(model)
+    size = model.visual.cfg.image_size
+    show = not args.no_progress
+    start = time.perf_counter()
+
+    sets = [(d, open_data(d, size, args.split, args.classnames, args.templates, args.max_samples)) for d in args.data]
+    sets += [(None, imagenet_set(v, getattr(args, v.replace("-", "_")), eval_transform(size), args.max_samples))
+             for v in IMAGENET_VARIANTS if getattr(args, v.replace("-", "_"))]
+    results = []
+    if not sets:
+        results.append(default_evaluation(model, run_cfg, device))
+    for source, evalset in sets:
+        task = args.task or default_task(evalset)
+        train_set = None
+        if task == "linear-probe" and source is not None and (Path(source) / args.train_split).is_dir():
+            train_set = open_data(source, size, args.train_split, args.classnames, args.templates)
+        metrics = evaluate_set(model, tokenizer, evalset, task, device, args.batch_size, args.workers, show,
+                               args.amp, args.recall_k, train_set)
+        results.append((evalset.name, task, metrics))
+
+    records = [result_record(name, task, metrics, model_name, str(args.checkpoint)) for name, task, metrics in results]
+    print(format_table(records))
+    print(f"evaluated in {time.perf_counter() - start:.1f} s on {device}", file=sys.stderr)
+    if args.output:
+        for record, (name, task, _) in zip(records, results):
+            path = write_result(output_path(args.output, name, task, len(records) > 1), record)
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
