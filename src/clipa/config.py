@@ -116,6 +116,7 @@ class DataConfig:
     color_jitter_prob: float = 0.8
     grayscale_prob: float = 0.0
     num_samples: int | None = None  # samples per epoch (webdataset); None = one pass
+    max_image_pixels: int = 89_478_485  # bigger images are skipped as decompression bombs (PIL default)
 
 
 @dataclass
@@ -243,6 +244,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

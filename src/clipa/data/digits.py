@@ -1,0 +1,123 @@
+"""The built-in default data: scikit-learn's 1,797 real handwritten digits (8x8), captioned.
+
+Small enough to train a CLIP on two CPU cores in a couple of minutes, real enough that
+zero-shot accuracy means something: 20% of the images are held out, and the held-out
+evaluation uses prompt templates never seen in training.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+TRAIN_TEMPLATES = [
+    "a handwritten {d}",
+    "the digit {w}",
+    "a photo of the number {d}",
+    "a scan of a handwritten {w}",
+    "{w}",
+    "the number {d}, written by hand",
+    "a blurry {w}",
+    "a small image of a {d}",
+    "handwriting showing {w}",
+    "digit {d}",
+    "a {w} drawn with a pen",
+    "number {w}",
+]
+
+# Held out from training: the zero-shot evaluation only ever sees these.
+EVAL_TEMPLATES = ["a drawing of the number {c}.", "an image of a handwritten {c}.", "a picture of the digit {c}."]
+CLASSNAMES = WORDS
+
+HOLDOUT = 0.2
+_MEAN, _STD = 0.5, 0.5
+
+
+def _load(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32) / 16.0  # [N, 8, 8] in [0, 1]
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(HOLDOUT * len(labels)))
+    test, train = order[:n_test], order[n_test:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, 8, 8] grey digits -> normalised [N, 3, size, size]."""
+    x = F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    return ((x - _MEAN) / _STD).expand(-1, 3, -1, -1).contiguous()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small random zoom and shift, batched through one affine grid."""
+    n = x.shape[0]
+    scale = 0.85 + 0.3 * torch.rand(n, generator=gen)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.3
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = (0.0 - _MEAN) / _STD
+    return F.grid_sample(x - background, grid, align_corners=False) + background
+
+
+class DigitsLoader:
+    """Endless, seeded, exactly resumable batches of (image, caption) from the training split."""
+
+    def __init__(
+        self,
+        image_size: int,
+        batch_size: int,
+        tokenize: Callable[[list[str]], torch.Tensor],
+        seed: int = 0,
+        state: dict | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        images, labels, _, _ = _load()
+        self.images = to_model_input(images, image_size)
+        self.labels = labels
+        self.batch_size, self.tokenize, self.seed = batch_size, tokenize, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.offset = 0, 0
+        if state:
+            self.epoch, self.offset = state["epoch"], state["offset"]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def __iter__(self) -> Iterator[dict]:
+        n = len(self.labels)
+        global_batch = self.batch_size * self.world_size
+        while True:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+            while self.offset + global_batch <= n:
+                gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.offset)) % 2**62)
+                idx = order[self.offset : self.offset + global_batch]
+                idx = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+                choice = torch.randint(len(TRAIN_TEMPLATES), (len(idx),), generator=gen)
+                captions = [
+                    TRAIN_TEMPLATES[t].format(d=int(lbl), w=WORDS[int(lbl)])
+                    for t, lbl in zip(choice.tolist(), self.labels[idx].tolist())
+                ]
+                images = _augment(self.images[idx], gen)
+                self.offset += global_batch
+                yield {"images": images, "text": self.tokenize(captions), "keys": [f"digit{i}" for i in idx.tolist()]}
+            self.epoch, self.offset = self.epoch + 1, 0
+
+
+def eval_split(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out images (model input) and their labels."""
+    _, _, images, labels = _load()
+    return to_model_input(images, image_size), labels

@@ -1,0 +1,1 @@
+"""Training: the stage loop, optimizer and schedule, atomic resumable checkpoints."""

@@ -1,0 +1,294 @@
+"""The training loop: stages in order, one optimizer step per global batch.
+
+The loop knows nothing of which paper an option came from: a stage sets the image size,
+image and text token reduction and the schedule; the step function (``bigbatch``) does
+plain or re-materialised big-batch steps; ``parallel`` decides how the model is wrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .. import parallel
+from ..bigbatch import forward_backward
+from ..config import RunConfig, StageConfig, to_dict
+from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss
+from ..models import CLIP, create_model
+from . import checkpoint as ckpt
+from .optim import build_optimizer, lr_at, set_lr
+from ..tokenizer import tokenizer_for
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN or infinite loss."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def stage_steps(stage: StageConfig) -> int:
+    return max(1, math.ceil(stage.samples / stage.batch_size))
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.dist = parallel.init_distributed()
+        self.device = self.dist.device if self.dist.world_size > 1 else resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        )
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        self.out = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.model: CLIP = create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
+        self.model.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
+        self.model.visual.generator = self.generator
+        self.base_image_size = self.model.visual.cfg.image_size
+        self.base_context = self.model.context_length
+        self.wrapped = self.model
+        self.writer = None
+        self.bad_steps = 0
+        self.skipped_steps = 0
+        self.results: list[dict] = []
+
+    # ------------------------------------------------------------------ set-up per stage
+
+    def _apply_stage_shapes(self, stage: StageConfig) -> None:
+        """Move the model to the stage's resolution and text length (interpolating tables)."""
+        size = stage.image_size or self.base_image_size
+        if size != self.model.visual.cfg.image_size:
+            self.model.visual.set_image_size(size)
+        length = stage.text_length or self.base_context
+        if length != self.model.context_length:
+            self.model.set_context_length(length)
+        self.model.to(self.device)
+
+    def _tokenize_fn(self, stage: StageConfig) -> Callable[[list[str]], torch.Tensor]:
+        from ..reduction.text import reduce_text
+        tokenizer = tokenizer_for(self.model)
+        length = self.model.context_length
+        text_gen = torch.Generator().manual_seed(self.cfg.train.seed + 104729 * self.dist.rank)
+        return lambda captions: reduce_text(captions, tokenizer, length, stage.text_reduction, text_gen)
+
+    def _loader(self, stage: StageConfig, state: dict | None):
+        image_size = self.model.visual.cfg.image_size
+        tokenize = self._tokenize_fn(stage)
+        seed = self.cfg.train.seed + 1000 * self.stage_index
+        if self.cfg.data.source == "digits":
+            from ..data.digits import DigitsLoader
+
+            return DigitsLoader(image_size, stage.batch_size // self.dist.world_size, tokenize, seed=seed,
+                                state=state, rank=self.dist.rank, world_size=self.dist.world_size)
+        from ..data import build_train_loader
+
+        return build_train_loader(
+            self.cfg.data, image_size, stage.batch_size // self.dist.world_size, tokenize, seed=seed,
+            rank=self.dist.rank, world_size=self.dist.world_size, state=state,
+        )
+
+    # ------------------------------------------------------------------ main loop
+
+    def fit(self) -> list[dict]:
+        """Run every stage (resuming where a checkpoint says); return the evaluation results."""
+        resume = self._find_resume()
+        start_stage, start_step, loader_state, restored = 0, 0, None, None
+        if resume is not None:
+            restored = ckpt.read_checkpoint(resume)
+            st = restored["state"]
+            start_stage, start_step, loader_state = st["stage"], st["stage_step"], st.get("loader")
+            self.results = st.get("results", [])
+            if st.get("stage_done"):
+                start_stage, start_step, loader_state = start_stage + 1, 0, None
+            self._log(f"resuming from {resume} (stage {start_stage}, step {start_step})")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+        for i in range(start_stage, len(self.cfg.stages)):
+            self.stage_index = i
+            self._run_stage(i, start_step if i == start_stage else 0,
+                            loader_state if i == start_stage else None,
+                            restored if i == start_stage else None)
+        if self.writer is not None:
+            self.writer.close()
+        return self.results
+
+    def _find_resume(self) -> Path | None:
+        r = self.cfg.train.resume
+        if r is None:
+            return None
+        if r == "latest":
+            return ckpt.latest_checkpoint(self.ckpt_dir)
+        path = Path(r)
+        if not (path / "state.json").exists():
+            raise FileNotFoundError(f"train.resume={r}: no checkpoint there")
+        return path
+
+    def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
+        stage = self.cfg.stages[index]
+        self.stage_index = index
+        self._apply_stage_shapes(stage)
+        if restored is not None:
+            ckpt.apply_shapes(self.model, restored["model"])
+            self.model.load_state_dict(restored["model"], strict=True)
+        self.model.visual.reduction = stage.image_reduction
+        self.wrapped = parallel.wrap_model(self.model, self.cfg.train, self.dist)
+        optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
+        if restored is not None and "optimizer" in restored:
+            optimizer.load_state_dict(restored["optimizer"])
+        if restored is not None and "rng" in restored:
+            ckpt.set_rng_state(restored["rng"], self.generator)
+        loss_fn = self._loss_fn(stage)
+        total = stage_steps(stage)
+        loader = self._loader(stage, loader_state)
+        self._log(
+            f"stage {index} '{stage.name}': {total} steps of {stage.batch_size} at "
+            f"{self.model.visual.cfg.image_size}px, text {self.model.context_length} "
+            f"({stage.image_reduction.strategy} / {stage.text_reduction.strategy})"
+        )
+        progress = self._progress(total, start_step, stage.name)
+        batches: Iterator[dict] = iter(loader)
+        self.wrapped.train()
+        t0, seen = time.perf_counter(), 0
+        for step in range(start_step, total):
+            lr = lr_at(step, total, stage)
+            set_lr(optimizer, lr)
+            batch = next(batches)
+            images = batch["images"].to(self.device, non_blocking=True)
+            text = batch["text"].to(self.device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = forward_backward(
+                    self.wrapped, images, text, loss_fn, microbatch_size=self.cfg.train.microbatch_size,
+                    no_sync=parallel.no_sync_factory(self.wrapped, self.dist),
+                )
+            if not math.isfinite(loss):
+                self._skip_step(step)
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                self.bad_steps = 0
+                if self.cfg.optim.grad_clip:
+                    parallel.clip_grad_norm(self.wrapped, self.cfg.optim.grad_clip)
+                optimizer.step()
+                with torch.no_grad():
+                    self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            seen += images.shape[0] * self.dist.world_size
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            self._report(progress, step, loss, lr, rate, loader)
+            done = step + 1 == total
+            every = self.cfg.train.checkpoint_every
+            if every and (step + 1) % every == 0 and not done:
+                self._save(index, step + 1, optimizer, loader, stage_done=False)
+            if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and not done:
+                self._evaluate(index, step + 1)
+        if progress is not None:
+            progress.close()
+        self.model.visual.reduction = None
+        self._evaluate(index, total)
+        self._save(index, total, optimizer, loader, stage_done=True)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _loss_fn(self, stage: StageConfig) -> Callable:
+        """(img, txt, logit_scale[, logit_bias]) -> loss over the global batch."""
+        return sigmoid_loss if self.cfg.train.loss == "siglip" else clip_loss
+
+    def _skip_step(self, step: int) -> None:
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        self._log(f"step {step}: non-finite loss, step skipped ({self.bad_steps} in a row)")
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{self.bad_steps} consecutive steps had a NaN or infinite loss; stopping. "
+                "Lower the learning rate, check the data, or use train.precision=fp32."
+            )
+
+    def _progress(self, total: int, start: int, name: str):
+        if not (self.cfg.train.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=start, desc=f"stage {name}", dynamic_ncols=True, leave=False)
+
+    def _tb(self):
+        if self.writer is None and self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
+        return self.writer
+
+    def _global_step(self, index: int, step: int) -> int:
+        return sum(stage_steps(s) for s in self.cfg.stages[:index]) + step
+
+    def _report(self, progress, step: int, loss: float, lr: float, rate: float, loader) -> None:
+        if progress is not None:
+            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
+            bad = sum(loader.stats().values())
+            if bad:
+                postfix["bad"] = bad
+            progress.set_postfix(postfix, refresh=False)
+            progress.update(1)
+        if (step + 1) % max(1, self.cfg.train.log_every) == 0 and (tb := self._tb()) is not None:
+            g = self._global_step(self.stage_index, step + 1)
+            tb.add_scalar("train/loss", loss, g)
+            tb.add_scalar("train/lr", lr, g)
+            tb.add_scalar("train/samples_per_s", rate, g)
+            tb.add_scalar("train/logit_scale", self.model.logit_scale.exp().item(), g)
+            for reason, count in loader.stats().items():
+                tb.add_scalar(f"data/skipped_{reason}", count, g)
+
+    def _evaluate(self, index: int, step: int) -> None:
+        from .evaluate import evaluate_during_training
+
+        if not self.dist.is_main:
+            return
+        metrics = evaluate_during_training(self.model, self.cfg, self.device)
+        if not metrics:
+            return
+        record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": step, **metrics}
+        self.results.append(record)
+        g = self._global_step(index, step)
+        if (tb := self._tb()) is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    tb.add_scalar(f"eval/{k}", v, g)
+        with open(self.out / "results.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        self._log(f"eval after stage {index} step {step}: {shown}")
+
+    def _save(self, index: int, stage_step: int, optimizer, loader, stage_done: bool) -> None:
+        state = {
+            "stage": index,
+            "stage_step": stage_step,
+            "stage_done": stage_done,
+            "global_step": self._global_step(index, stage_step),
+            "config": to_dict(self.cfg),
+            "loader": loader.state_dict(),
+            "results": self.results,
+            "skipped_steps": self.skipped_steps,
+        }
+        parallel.save_checkpoint(
+            self.ckpt_dir, state["global_step"], self.wrapped, self.model, optimizer, state,
+            ckpt.rng_state(self.generator), self.dist,
+        )
+
+    def _log(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(msg, flush=True)
