@@ -222,11 +222,11 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Ar
 def export_main(args: argparse.Namespace) -> int:
     from .eval.cli import load_for_eval
 
-    model, _, _ = load_for_eval(args.checkpoint, args.model)
     try:
+        model, _, _ = load_for_eval(args.checkpoint, args.model)
         out = export(model, args.output, args.format)
-    except ExportError as e:
-        print(f"clipa export: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError) as e:  # ExportError included
+        print(f"clipa export: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     how = (f'open_clip.create_model_and_transforms("local-dir:{out}")' if args.format == "openclip"
            else f'transformers.CLIPModel.from_pretrained("{out}")')

@@ -91,6 +91,14 @@ def resolve_device(name: str) -> str:
 
 
 def eval_main(args: argparse.Namespace) -> int:
+    try:
+        return _evaluate(args)
+    except (ValueError, KeyError) as e:  # bad arguments or data: one line, no traceback
+        print(f"clipa eval: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

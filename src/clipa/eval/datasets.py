@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from torchvision import transforms as T
 
 from . import imagenet
 
@@ -35,6 +34,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def eval_transform(image_size: int, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
     """OpenCLIP's ``image_transform(size, is_train=False)``: PIL image -> normalised [3, S, S] tensor."""
+    from torchvision import transforms as T  # imported here: a second or more, and ``clipa --help`` needs none
+
     return T.Compose([
         T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(image_size),

@@ -64,22 +64,6 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
     }
 
 
-@torch.no_grad()
-def zeroshot_logits(
-    model: Any,
-    classifier: torch.Tensor,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: str | torch.device,
-    amp: bool = False,
-    show_progress: bool = False,
-    total: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, C] (``100 * image @ classifier``, CPU float32) and labels [N]."""
-    feats, labels = encode_images(model, batches, device, amp, show_progress, "zero-shot", total)
-    logits = 100.0 * feats @ classifier.float().cpu()
-    return logits, torch.cat([torch.as_tensor(y) for y in labels])
-
-
 def evaluate_classification(
     model: Any,
     classifier: torch.Tensor,
@@ -90,5 +74,6 @@ def evaluate_classification(
     total: int | None = None,
 ) -> dict[str, float]:
     """Zero-shot top-1 / top-5 accuracy and mean per-class recall over ``(images, labels)`` batches."""
-    logits, target = zeroshot_logits(model, classifier, batches, device, amp, show_progress, total)
-    return classification_metrics(logits, target)
+    feats, labels = encode_images(model, batches, device, amp, show_progress, "zero-shot", total)
+    logits = 100.0 * feats @ classifier.float().cpu()
+    return classification_metrics(logits, torch.cat([torch.as_tensor(y) for y in labels]))
