@@ -180,7 +180,10 @@ class RunConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    # The built-in default: a small CLIP on the digits, about a minute on two CPU cores.
+    stages: list[StageConfig] = field(
+        default_factory=lambda: [StageConfig(name="digits", samples=16384, batch_size=128, lr=2e-3, warmup=20)]
+    )
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
