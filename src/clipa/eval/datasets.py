@@ -114,6 +114,14 @@ def captions_of(sample: dict[str, bytes]) -> list[str]:
     raise KeyError(f"sample {sample['__key__']} has no captions (.json 'captions' or .txt)")
 
 
+def shard_quotas(num_shards: int, max_samples: int | None) -> list[int | None]:
+    """How many samples each shard gives: all, or ``max_samples`` spread evenly over the shards
+    (so a slice of a class-sorted set such as CIFAR-10's covers every class)."""
+    if max_samples is None:
+        return [None] * num_shards
+    return [max_samples // num_shards + (i < max_samples % num_shards) for i in range(num_shards)]
+
+
 class ShardDataset(IterableDataset):
     """Shards read in order; with DataLoader workers, each worker takes every n-th shard."""
 
@@ -122,25 +130,22 @@ class ShardDataset(IterableDataset):
         self.shards = [str(s) for s in shards]
         self.transform = transform
         self.target = target  # "cls" | "captions"
-        self.max_samples = max_samples
+        self.quotas = shard_quotas(len(self.shards), max_samples)
 
     def __iter__(self):
         info = get_worker_info()
-        shards = self.shards if info is None else self.shards[info.id::info.num_workers]
-        limit = self.max_samples
-        if limit is not None and info is not None:  # every worker stops at the global limit's share
-            limit = len(range(info.id, limit, info.num_workers))
-        n = 0
-        for shard in shards:
-            for sample in iter_tar_samples(shard):
-                if limit is not None and n >= limit:
-                    return
+        picked = list(zip(self.shards, self.quotas))
+        if info is not None:
+            picked = picked[info.id::info.num_workers]
+        for shard, quota in picked:
+            for n, sample in enumerate(iter_tar_samples(shard)):
+                if quota is not None and n >= quota:
+                    break
                 image = self.transform(_decode_image(sample))
                 if self.target == "cls":
                     yield image, int(sample["cls"].decode().strip())
                 else:
                     yield image, captions_of(sample)
-                n += 1
 
 
 def _shards_in(folder: Path) -> list[Path]:
@@ -178,12 +183,13 @@ def clip_benchmark_set(root: str | Path, split: str = "test", transform: Callabl
 
 
 def _count_samples(shards: Sequence[Path], max_samples: int | None) -> int:
-    """Images in the shards (one ``.cls`` per sample); cheap, tar headers only."""
+    """Images the set yields (one ``.cls`` per sample); cheap, tar headers only."""
     n = 0
-    for shard in shards:
+    for shard, quota in zip(shards, shard_quotas(len(shards), max_samples)):
         with tarfile.open(shard, "r|*") as tar:
-            n += sum(1 for m in tar if m.name.endswith(".cls"))
-    return n if max_samples is None else min(n, max_samples)
+            count = sum(1 for m in tar if m.name.endswith(".cls"))
+        n += count if quota is None else min(count, quota)
+    return n
 
 
 def caption_shards_set(data: str | Path, transform: Callable | None = None,
