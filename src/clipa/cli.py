@@ -36,10 +36,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.tools import add_data_subcommands
     from .eval.cli import add_eval_subcommand
     from .export import add_export_subcommand
     from .flops import add_flops_subcommand
     from .plan import add_plan_subcommand
+    from .viz import add_show_masks_subcommand
 
     parser = argparse.ArgumentParser(prog="clipa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_subcommand(sub)
     add_flops_subcommand(sub)
     add_plan_subcommand(sub)
+    add_show_masks_subcommand(sub)
+    add_data_subcommands(sub)
     return parser
 
 

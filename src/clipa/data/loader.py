@@ -1,0 +1,191 @@
+"""The training loader the trainer iterates: endless batches, exact position, skip counts.
+
+Two ways to count an epoch:
+
+- ``data.num_samples`` unset (and not resampled): an epoch is one pass over the data. Each
+  worker reads its share of that pass's shard order and stops; the next epoch starts new
+  DataLoader workers on the next pass. No sample is seen twice in an epoch across ranks
+  and workers; each worker drops its last partial batch.
+- ``data.num_samples`` set, or ``data.resampled``: workers stream forever (pass after pass,
+  or shards drawn with replacement) and an epoch is ``ceil(num_samples / (batch * world))``
+  batches per rank.
+
+A DataLoader returns batches round-robin over its workers (skipping finished ones), so the
+position is: each worker's :class:`~clipa.data.stream.Position` after its last delivered
+batch, plus whose turn is next. Resuming starts the workers from those positions, rotated
+so that the turn order continues, and replays nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import asdict
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig
+from .samples import DecodeOptions, describe
+from .sources import Source, load_source
+from .stream import BatchStream, EmptySourceError, Position, ShardPlan, StreamConfig
+from .transforms import draft_size, eval_pixels, normalise, train_pixels
+
+log = logging.getLogger("clipa.data")
+
+STATE_VERSION = 1
+
+
+class TrainLoader:
+    """Iterable of ``{"images", "text", "keys"}`` batches, forever; see the module docstring."""
+
+    def __init__(self, source: Source, cfg: StreamConfig, transform: Callable, tokenize: Callable,
+                 num_workers: int, num_samples: int | None, state: dict | None = None):
+        self.source, self.cfg, self.transform, self.tokenize = source, cfg, transform, tokenize
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available()
+        self.plan = ShardPlan(source, cfg)
+        self.batches_per_epoch = (
+            max(1, math.ceil(num_samples / (cfg.batch_size * cfg.world_size))) if cfg.endless else None
+        )
+        self.epoch, self.batches, self.next_worker = 0, 0, 0
+        self.skipped: Counter = Counter()  # from finished epochs
+        self.positions = self._fresh_positions(0)
+        if state is not None:
+            self._load(state)
+
+    # ------------------------------------------------------------------ position
+
+    def _fingerprint(self) -> dict:
+        c = self.cfg
+        return {"source": self.source.fingerprint(), "seed": c.seed, "rank": c.rank, "world_size": c.world_size,
+                "workers": c.workers, "shuffle_buffer": c.shuffle_buffer, "resampled": c.resampled,
+                "endless": c.endless}
+
+    def _fresh_positions(self, epoch: int) -> list[dict]:
+        """Every worker at the start of ``epoch``'s pass (one-pass mode) or of its stream."""
+        out = []
+        for w in range(self.cfg.workers):
+            q = 0 if self.cfg.endless else epoch * self.plan.pass_length(self.cfg.rank * self.cfg.workers + w)
+            out.append(asdict(Position(q=q, lively_q=q)))
+        return out
+
+    def state_dict(self) -> dict:
+        """JSON-able position after the last batch yielded (and the skip counts so far)."""
+        return json.loads(json.dumps({
+            "version": STATE_VERSION, "fingerprint": self._fingerprint(), "epoch": self.epoch,
+            "batches": self.batches, "next_worker": self.next_worker, "skipped": dict(self.skipped),
+            "workers": self.positions,
+        }))
+
+    def _load(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
+        saved, now = state["fingerprint"], self._fingerprint()
+        differ = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
+        if differ:
+            raise ValueError("cannot resume the data loader exactly, the setup changed: " + "; ".join(differ))
+        self.epoch, self.batches, self.next_worker = state["epoch"], state["batches"], state["next_worker"]
+        self.skipped = Counter(state["skipped"])
+        self.positions = [dict(p) for p in state["workers"]]
+
+    def stats(self) -> dict[str, int]:
+        """Skipped samples (and shard events) by reason, over the whole run so far."""
+        total = Counter(self.skipped)
+        for p in self.positions:
+            total.update(p["stats"])
+        return dict(sorted((k, v) for k, v in total.items() if v))
+
+    # ------------------------------------------------------------------ iteration
+
+    def _dataloader(self) -> DataLoader:
+        c = self.cfg
+        dataset = BatchStream(
+            self.source, c, [dict(p) for p in self.positions], 0 if c.endless else self.epoch,
+            None if c.endless else self._epoch_end(), self.next_worker, self.transform, self.tokenize,
+        )
+        return DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+            generator=torch.Generator().manual_seed(c.seed),  # leaves the global RNG alone
+        )
+
+    def _epoch_end(self) -> list[int]:
+        ends = []
+        for w in range(self.cfg.workers):
+            m = self.plan.pass_length(self.cfg.rank * self.cfg.workers + w)
+            ends.append((self.epoch + 1) * m)
+        return ends
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            for item in self._dataloader():
+                worker = item.pop("_worker")
+                self.positions[worker] = json.loads(item.pop("_state"))
+                self.next_worker = (worker + 1) % self.cfg.workers
+                if "images" not in item:  # a worker's final position in one-pass mode
+                    continue
+                item["images"] = normalise(item["images"], pin_memory=self.pin_memory)
+                self.batches += 1
+                if self.batches_per_epoch is not None and self.batches == self.batches_per_epoch:
+                    self._log_epoch()
+                    self.epoch, self.batches = self.epoch + 1, 0
+                yield item
+            self._finish_pass()
+
+    def _finish_pass(self) -> None:
+        """One-pass mode: every worker has finished its share of this epoch's pass."""
+        if self.batches == 0:
+            raise EmptySourceError(
+                f"data source {self.source.spec!r} gave rank {self.cfg.rank} no complete batch of "
+                f"{self.cfg.batch_size} in epoch {self.epoch}; skipped: {describe(self.stats())}"
+            )
+        self._log_epoch()
+        for p in self.positions:
+            self.skipped.update(p["stats"])
+        self.epoch, self.batches, self.next_worker = self.epoch + 1, 0, 0
+        self.positions = self._fresh_positions(self.epoch)
+
+    def _log_epoch(self) -> None:
+        skipped = self.stats()
+        message = f"data epoch {self.epoch} done ({self.batches} batches on rank {self.cfg.rank})"
+        log.log(logging.WARNING if skipped else logging.INFO, "%s; skipped so far: %s", message, describe(skipped))
+
+
+def build_train_loader(
+    data: DataConfig,
+    image_size: int,
+    batch_size: int,
+    tokenize: Callable[[list[str]], torch.LongTensor],
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    state: dict | None = None,
+    augment: bool = True,
+) -> TrainLoader:
+    """The training loader for ``data`` (any source but the built-in ``digits``)."""
+    if data.source == "digits":
+        raise ValueError("data.source 'digits' is served by clipa.data.digits, not build_train_loader")
+    if data.weights is not None and not data.resampled:
+        raise ValueError(
+            "data.weights needs data.resampled: true (each weight multiplies the chance of drawing "
+            "its source's shards, like OpenCLIP's --train-data-upsampling-factors)"
+        )
+    if data.resampled and data.num_samples is None:
+        raise ValueError("data.resampled needs data.num_samples (the samples in an epoch)")
+    source = load_source(data.source, data.weights, image_key=data.csv_image_key,
+                         caption_key=data.csv_caption_key, separator=data.csv_separator)
+    if augment:
+        transform, draft = train_pixels(image_size, data), draft_size(image_size, data.scale[0])
+    else:
+        transform, draft = eval_pixels(image_size), image_size
+    cfg = StreamConfig(
+        seed=seed, rank=rank, world_size=world_size, workers=max(1, data.workers), batch_size=batch_size,
+        shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
+        endless=data.num_samples is not None or data.resampled,
+        decode=DecodeOptions(data.caption_choice, data.max_image_pixels, draft),
+    )
+    return TrainLoader(source, cfg, transform, tokenize, data.workers, data.num_samples, state)

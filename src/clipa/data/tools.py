@@ -1,0 +1,175 @@
+"""``clipa data convert`` (a folder or CSV -> webdataset shards + sizes.json) and ``clipa data inspect``.
+
+Both read sources exactly as training does (:func:`~clipa.data.sources.load_source`) and
+check every sample with the same decoder, so what ``inspect`` reports as skipped is what
+training would skip, and ``convert`` writes only samples training can use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import statistics
+import tarfile
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .samples import IMAGE_EXTS, BadSample, DecodeOptions, decode_sample
+from .sources import Source, load_source
+from .tar import ShardError
+
+
+def scan(source: Source, skipped: Counter, limit: int | None = None) -> Iterator[tuple[dict, list[str], Image.Image]]:
+    """(raw sample, captions, decoded image) of every usable sample, shards in order; the rest
+    are counted in ``skipped`` by reason."""
+    seen = 0
+    for shard_id in range(len(source.shards)):
+        try:
+            for _, raw in source.read(shard_id):
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                try:
+                    captions, image = decode_sample(raw, DecodeOptions())
+                except BadSample as e:
+                    skipped[e.reason] += 1
+                    continue
+                yield raw, captions, image
+        except ShardError as e:
+            skipped[e.reason] += 1
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def convert(source: str, out_dir: str | Path, shard_size: int = 10_000, image_key: str = "filepath",
+            caption_key: str = "title", separator: str = ",") -> dict:
+    """Write ``out_dir/00000.tar, ...`` (img2dataset layout: ``KEY.jpg|png|webp``, ``KEY.txt`` with
+    the first caption, ``KEY.json`` with all captions and the source key) and ``sizes.json``."""
+    src = load_source(source, image_key=image_key, caption_key=caption_key, separator=separator)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: Counter = Counter()
+    sizes: dict[str, int] = {}
+    tar, count = None, 0
+
+    def close() -> None:
+        tar.close()
+        tmp = out / f".{len(sizes):05d}.tar.tmp"
+        tmp.rename(out / f"{len(sizes):05d}.tar")
+        sizes[f"{len(sizes):05d}.tar"] = count
+
+    for raw, captions, image in scan(src, skipped):
+        if tar is None:
+            tar, count = tarfile.open(out / f".{len(sizes):05d}.tar.tmp", "w", format=tarfile.USTAR_FORMAT), 0
+        key = f"{sum(sizes.values()) + count:09d}"
+        ext = next(e for e in IMAGE_EXTS if e in raw)
+        _add_member(tar, f"{key}.{'jpg' if ext == 'jpeg' else ext}", raw[ext])
+        _add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
+        _add_member(tar, f"{key}.json", json.dumps({"key": raw["__key__"], "captions": captions}).encode("utf-8"))
+        count += 1
+        if count == shard_size:
+            close()
+            tar = None
+    if tar is not None:
+        close()
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
+    return {"shards": len(sizes), "samples": sum(sizes.values()), "skipped": dict(skipped)}
+
+
+def _grid(samples: list[tuple[str, Image.Image]], path: Path, cell: int = 160) -> None:
+    cols = math.ceil(math.sqrt(len(samples)))
+    rows = math.ceil(len(samples) / cols)
+    text_h = 44
+    grid = Image.new("RGB", (cols * cell, rows * (cell + text_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i, (caption, image) in enumerate(samples):
+        x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
+        thumb = image.copy()
+        thumb.thumbnail((cell, cell))
+        grid.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        lines = textwrap.wrap(caption, width=cell // 6)[:3]
+        draw.multiline_text((x + 2, y + cell + 1), "\n".join(lines), fill="black", font=font, spacing=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def _length_stats(values: list[int]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"min": ordered[0], "mean": round(statistics.fmean(ordered), 2), "median": statistics.median(ordered),
+            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1]}
+
+
+def inspect(source: str, grid: str | Path | None = None, grid_samples: int = 16, max_samples: int | None = None,
+            image_key: str = "filepath", caption_key: str = "title", separator: str = ",") -> dict:
+    """Counts, skipped samples by reason, caption lengths (words, characters) and a grid PNG."""
+    src = load_source(source, image_key=image_key, caption_key=caption_key, separator=separator)
+    skipped: Counter = Counter()
+    words, chars, shown, usable, captions_total = [], [], [], 0, 0
+    for _, captions, image in scan(src, skipped, limit=max_samples):
+        usable += 1
+        captions_total += len(captions)
+        words += [len(c.split()) for c in captions]
+        chars += [len(c) for c in captions]
+        if len(shown) < grid_samples:
+            shown.append((captions[0], image))
+    report = {
+        "shards": len(src.shards), "samples": usable + sum(v for k, v in skipped.items() if not k.endswith("_shard")),
+        "usable": usable, "captions": captions_total, "skipped": dict(sorted(skipped.items())),
+        "caption_words": _length_stats(words), "caption_chars": _length_stats(chars),
+    }
+    if grid is not None and shown:
+        _grid(shown, Path(grid))
+        report["grid"] = str(grid)
+    return report
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """``clipa data convert | inspect``."""
+    data = subparsers.add_parser("data", help="convert and inspect training data")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    def table_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--image-key", default="filepath", help="CSV column with image paths")
+        p.add_argument("--caption-key", default="title", help="CSV column with captions")
+        p.add_argument("--separator", default=",", help="CSV separator (.tsv files always use a tab)")
+
+    p = sub.add_parser("convert", help="write webdataset shards and sizes.json from a folder or CSV/TSV")
+    p.add_argument("source", help="a folder with a captions file, a CSV/TSV file, or shards to re-shard")
+    p.add_argument("output", help="folder for 00000.tar, 00001.tar, ... and sizes.json")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
+    table_options(p)
+    p.set_defaults(func=run_data_command)
+
+    p = sub.add_parser("inspect", help="counts, skipped samples, caption lengths and a grid of samples")
+    p.add_argument("source", help="shards (brace patterns, '::' joins), a CSV/TSV or a folder")
+    p.add_argument("--grid", help="write a PNG grid of sample images with their captions here")
+    p.add_argument("--grid-samples", type=int, default=16)
+    p.add_argument("--max-samples", type=int, help="stop after this many samples")
+    table_options(p)
+    p.set_defaults(func=run_data_command)
+
+
+def run_data_command(args: argparse.Namespace) -> int:
+    table = {"image_key": args.image_key, "caption_key": args.caption_key, "separator": args.separator}
+    if args.data_command == "convert":
+        report = convert(args.source, args.output, args.shard_size, **table)
+    else:
+        report = inspect(args.source, args.grid, args.grid_samples, args.max_samples, **table)
+    print(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,76 @@
+"""Image transforms (torchvision.transforms.v2): CLIPA's training crop and the evaluation resize.
+
+``build_train_transform`` / ``build_eval_transform`` take a PIL image (or an image tensor)
+and give a float tensor normalised with CLIP's mean and std. The loader runs the same
+pixel operations on uint8 tensors per sample (:func:`train_pixels`, :func:`eval_pixels`;
+torch's bicubic resampling is faster than PIL's and differs from it by a grey level or two),
+passes uint8 batches between processes (a quarter of the bytes) and normalises whole
+batches at once (:func:`normalise`). The image size follows the stage, so the trainer
+builds these per stage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from ..config import DataConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_MIN_ASPECT = 3 / 4  # RandomResizedCrop's default ratio range is (3/4, 4/3)
+
+
+def train_pixels(image_size: int, data_cfg: DataConfig) -> v2.Compose:
+    """Random resized crop (bicubic, ``data.scale``: 0.4-1.0 by default, as CLIPA), then the
+    optional colour jitter (applied with ``color_jitter_prob``) and random grayscale."""
+    ops: list = [v2.RandomResizedCrop(image_size, scale=tuple(data_cfg.scale),
+                                      interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    if data_cfg.color_jitter is not None:
+        ops.append(v2.RandomApply([v2.ColorJitter(*data_cfg.color_jitter)], p=data_cfg.color_jitter_prob))
+    if data_cfg.grayscale_prob > 0:
+        ops.append(v2.RandomGrayscale(p=data_cfg.grayscale_prob))
+    return v2.Compose(ops)
+
+
+def eval_pixels(image_size: int) -> v2.Compose:
+    """Resize the short side (bicubic) and take the centre square."""
+    return v2.Compose([
+        v2.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(image_size),
+    ])
+
+
+def _full(pixels: v2.Compose) -> v2.Compose:
+    """On a PIL image the pixel operations run in PIL, as in OpenCLIP (same output, same seed)."""
+    return v2.Compose([v2.RGB(), pixels, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(CLIP_MEAN, CLIP_STD)])
+
+
+def build_train_transform(image_size: int, data_cfg: DataConfig) -> v2.Compose:
+    """PIL image -> augmented, normalised ``[3, S, S]`` float tensor (see :func:`train_pixels`)."""
+    return _full(train_pixels(image_size, data_cfg))
+
+
+def build_eval_transform(image_size: int) -> v2.Compose:
+    """PIL image -> resized, centre-cropped, normalised ``[3, S, S]`` float tensor."""
+    return _full(eval_pixels(image_size))
+
+
+_SHIFT = 255 * torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+_SCALE = 255 * torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def normalise(images: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]`` -> float, as ToDtype(scale=True) then Normalize (to 1e-6), written
+    straight into page-locked memory when ``pin_memory`` (for asynchronous copies to the GPU)."""
+    out = torch.empty(images.shape, dtype=torch.float32, pin_memory=pin_memory)
+    return torch.sub(images, _SHIFT, out=out).div_(_SCALE)
+
+
+def draft_size(image_size: int, min_scale: float) -> int:
+    """The short side a JPEG may be decoded down to (libjpeg's 1/2, 1/4, 1/8 scaling) so that
+    even the smallest random crop still has at least ``image_size`` source pixels per side."""
+    return math.ceil(image_size / math.sqrt(min_scale * _MIN_ASPECT))
