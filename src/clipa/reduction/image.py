@@ -1,10 +1,19 @@
 """Image token reduction (CLIPA section 1): which patch tokens each sample keeps.
 
 Each rule returns sorted patch indices of shape [B, K] (class token excluded; the vision
-tower always keeps it). ``resize`` needs no indices: the stage feeds smaller images.
+tower always keeps it and only asks in training mode). Indices are row-major over the
+patch grid and drawn on ``device`` with the trainer's ``generator``.
+
+- ``random``: FLIP's per-sample uniform choice of ``max(1, int(N * (1 - ratio)))`` patches.
+- ``grid``: one patch per s x s window (s = 2 by default: 75% removed), at the same place in
+  every window; that place is fixed (top left) or drawn per sample (``grid_position``).
+- ``block``: one contiguous square of about K patches at a random place per sample.
+- ``resize``: no indices; the stage feeds smaller images (``resize_image_size``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -23,6 +32,57 @@ def random_indices(b: int, n: int, k: int, device, generator) -> torch.Tensor:
     return noise.argsort(dim=1)[:, :k].sort(dim=1).values
 
 
+def grid_window(cfg: ImageReductionConfig, num_patches: int) -> int:
+    """Side s of the windows that each keep one patch: 1/s^2 of the patches stay.
+
+    ``keep`` or ``ratio`` pick s when they say so (keep = N/s^2, ratio = 1 - 1/s^2); with
+    neither it is CLIPA's 2 x 2. Other targets raise: the rule cannot meet them.
+    """
+    if cfg.keep is None and cfg.ratio == 0.0:
+        return 2
+    frac = cfg.keep / num_patches if cfg.keep is not None else 1.0 - cfg.ratio
+    s = round(frac**-0.5) if frac > 0 else 0
+    if s < 2 or abs(1.0 / (s * s) - frac) > 1e-3:
+        raise ValueError(
+            f"grid masking keeps one patch per s x s window, i.e. 1/4, 1/9, ... of the patches "
+            f"(ratio 0.75, 0.889, ...); keep={cfg.keep}, ratio={cfg.ratio} of {num_patches} "
+            f"patches is not of that form")
+    return s
+
+
+def grid_indices(b: int, gh: int, gw: int, s: int, random_position: bool, device,
+                 generator) -> torch.Tensor:
+    """One patch per s x s window; windows cut by the grid's edge keep their clipped position."""
+    if random_position:
+        dy, dx = torch.randint(0, s, (2, b, 1, 1), device=device, generator=generator)
+    else:
+        dy = dx = torch.zeros(b, 1, 1, dtype=torch.long, device=device)
+    rows = torch.arange(0, gh, s, device=device)[None, :, None]
+    cols = torch.arange(0, gw, s, device=device)[None, None, :]
+    y = (rows + dy).clamp(max=gh - 1)
+    x = (cols + dx).clamp(max=gw - 1)
+    return (y * gw + x).reshape(b, -1)
+
+
+def block_side(k: int, gh: int, gw: int) -> int:
+    """Side of the square block closest to ``k`` patches that fits the grid."""
+    return max(1, min(round(math.sqrt(k)), gh, gw))
+
+
+def block_indices(b: int, gh: int, gw: int, side: int, device, generator) -> torch.Tensor:
+    top = torch.randint(0, gh - side + 1, (b, 1, 1), device=device, generator=generator)
+    left = torch.randint(0, gw - side + 1, (b, 1, 1), device=device, generator=generator)
+    r = torch.arange(side, device=device)
+    return ((top + r[None, :, None]) * gw + left + r[None, None, :]).reshape(b, -1)
+
+
+def resize_image_size(cfg: ImageReductionConfig, image_size: int, patch_size: int) -> int:
+    """Image size whose square patch grid is closest to the kept count (25% of 224/16 -> 112)."""
+    g = image_size // patch_size
+    side = max(1, round(math.sqrt(num_kept(cfg, g * g))))
+    return side * patch_size
+
+
 def keep_indices(
     cfg: ImageReductionConfig,
     batch: int,
@@ -38,4 +98,12 @@ def keep_indices(
     if cfg.strategy == "random":
         k = num_kept(cfg, n)
         return None if k >= n else random_indices(batch, n, k, device, generator)
+    if cfg.strategy == "grid":
+        s = grid_window(cfg, n)
+        return grid_indices(batch, gh, gw, s, cfg.grid_position == "random", device, generator)
+    if cfg.strategy == "block":
+        side = block_side(num_kept(cfg, n), gh, gw)
+        if side * side >= n:
+            return None
+        return block_indices(batch, gh, gw, side, device, generator)
     raise ValueError(f"unknown image reduction strategy {cfg.strategy!r}")
