@@ -38,7 +38,7 @@ TABLE_SHARD_ROWS = 1000
 CAPTION_FILES = ("captions.json", "captions.tsv", "captions.csv")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: millions of rows stay small
 class Row:
     path: str
     key: str
