@@ -1,4 +1,10 @@
-"""Contrastive losses: symmetric softmax InfoNCE (CLIP) and sigmoid (SigLIP)."""
+"""Contrastive losses: symmetric softmax InfoNCE (CLIP), its linear-memory tiled form, sigmoid (SigLIP).
+
+The tiled loss (Inf-CL's idea, REFERENCE.md section 4) writes each cross-entropy as
+``logsumexp(row) - logit(target)``. Its forward pass keeps only the per-row log-sum-exp,
+accumulated over column tiles with a running maximum (so logit scale 100 cannot overflow),
+and its backward pass recomputes each tile: memory O(rows x tile) instead of O(B^2).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 MAX_LOGIT_SCALE = math.log(100.0)
+_TILE_ELEMENTS = 2**24  # auto tile: one [rows, tile] fp32 block is 64 MiB
+_MIN_TILE = 256  # narrower tiles make the matmuls inefficient
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -28,3 +36,130 @@ def sigmoid_loss(
     logits = logit_scale.exp() * img @ txt.T + logit_bias
     signs = 2 * torch.eye(img.shape[0], device=img.device, dtype=logits.dtype) - 1
     return -F.logsigmoid(signs * logits).sum() / img.shape[0]
+
+
+def _column_tiles(n_cols: int, n_rows: int, tile: int | None) -> range:
+    if tile is None:
+        tile = min(n_cols, max(_MIN_TILE, _TILE_ELEMENTS // max(n_rows, 1)))
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    return range(0, n_cols, tile)
+
+
+def _target_rows(offset: int, n_rows: int, j0: int, j1: int) -> range:
+    """Rows whose target column ``offset + i`` falls in the tile [j0, j1)."""
+    return range(max(j0 - offset, 0), min(j1 - offset, n_rows))
+
+
+class _TiledInfoNCE(torch.autograd.Function):
+    """Sum over rows i of the cross-entropy of ``s * q @ k.T`` with target column ``offset + i``;
+    with ``symmetric`` (square, offset 0) also the column cross-entropy of the same matrix,
+    so one pass over the tiles serves both directions of the single-device CLIP loss.
+    Returns an unnormalised sum; gradients are exact for q, k and the log-scale t."""
+
+    @staticmethod
+    def forward(ctx, q, k, log_scale, offset: int, tile: int | None, symmetric: bool):
+        n, m = q.shape[0], k.shape[0]
+        tiles = _column_tiles(m, n, tile)
+        with torch.autocast(q.device.type, enabled=False):
+            s = log_scale.exp()
+            row_max = q.new_full((n,), -math.inf)
+            row_sum = q.new_zeros(n)
+            col_lse = q.new_empty(m) if symmetric else None
+            for j0 in tiles:
+                block = (q @ k[j0 : j0 + tiles.step].T).mul_(s)
+                new_max = torch.maximum(row_max, block.amax(dim=1))
+                row_sum.mul_((row_max - new_max).exp_())
+                row_sum.add_((block - new_max[:, None]).exp_().sum(dim=1))
+                row_max = new_max
+                if symmetric:
+                    col_lse[j0 : j0 + tiles.step] = block.logsumexp(dim=0)
+            row_lse = row_max + row_sum.log()
+            target = s * (q * k[offset : offset + n]).sum(dim=1)
+            loss = (row_lse - target).sum()
+            if symmetric:
+                loss = loss + (col_lse - target).sum()
+        ctx.save_for_backward(q, k, log_scale, row_lse, col_lse)
+        ctx.offset, ctx.tiles, ctx.symmetric = offset, tiles, symmetric
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, log_scale, row_lse, col_lse = ctx.saved_tensors
+        offset, tiles, symmetric = ctx.offset, ctx.tiles, ctx.symmetric
+        targets_per_cell = 2.0 if symmetric else 1.0
+        with torch.autocast(q.device.type, enabled=False):
+            s = log_scale.exp()
+            dq = torch.zeros_like(q)  # d(loss)/d(S) @ k, before the factor s
+            dk = torch.empty_like(k)
+            for j0 in tiles:
+                j1 = min(j0 + tiles.step, k.shape[0])
+                kj = k[j0:j1]
+                block = (q @ kj.T).mul_(s)
+                dlogits = (block - row_lse[:, None]).exp_()  # row softmax
+                if symmetric:
+                    dlogits += block.sub_(col_lse[None, j0:j1]).exp_()  # column softmax
+                rows = _target_rows(offset, q.shape[0], j0, j1)
+                if len(rows):
+                    idx = torch.arange(rows.start, rows.stop, device=q.device)
+                    dlogits[idx, idx + offset - j0] -= targets_per_cell
+                dq.addmm_(dlogits, kj)
+                torch.mm(dlogits.T, q, out=dk[j0:j1])
+            # d(loss)/dt = sum_ij dS_ij * S_ij = s * sum_i q_i . (dS @ k)_i
+            dlog_scale = s * (dq * q).sum()
+            gs = grad * s
+        return dq.mul_(gs), dk.mul_(gs), grad * dlog_scale, None, None, None
+
+
+def _fp(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision embeddings are promoted: the log-sum-exp needs fp32 accumulation."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def tiled_cross_entropy(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    logit_scale: torch.Tensor,
+    offset: int = 0,
+    tile: int | None = None,
+) -> torch.Tensor:
+    """Mean over rows i of the cross-entropy of ``exp(t) * rows @ cols.T`` with target
+    column ``offset + i``, in O(len(rows) x tile) memory.
+
+    This is one direction of the cross-rank loss: a rank's local rows against the global
+    (gathered with gradient) columns, with ``offset = rank * B_local``. ``logit_scale`` is t,
+    clamped at ln 100.
+    """
+    if offset < 0 or offset + rows.shape[0] > cols.shape[0]:
+        raise ValueError(f"targets {offset}..{offset + rows.shape[0]} fall outside {cols.shape[0]} columns")
+    t = logit_scale.clamp(max=MAX_LOGIT_SCALE)
+    return _TiledInfoNCE.apply(_fp(rows), _fp(cols), t, offset, tile, False) / rows.shape[0]
+
+
+def tiled_clip_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    logit_scale: torch.Tensor,
+    tile: int | None = None,
+    *,
+    all_img: torch.Tensor | None = None,
+    all_txt: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """``clip_loss`` in linear memory, with the same value and gradients.
+
+    ``tile`` is the number of columns per block (default: blocks of about 2^24 logits).
+    Across ranks pass the gathered ``all_img``/``all_txt`` and ``offset = rank * B_local``:
+    the result is OpenCLIP's local loss, whose mean over ranks equals the global loss.
+    """
+    if all_img is None and all_txt is None:
+        if offset:
+            raise ValueError("offset needs the global all_img and all_txt")
+        t = logit_scale.clamp(max=MAX_LOGIT_SCALE)
+        return _TiledInfoNCE.apply(_fp(img), _fp(txt), t, 0, tile, True) / (2 * img.shape[0])
+    if all_img is None or all_txt is None:
+        raise ValueError("pass both all_img and all_txt, or neither")
+    return (
+        tiled_cross_entropy(img, all_txt, logit_scale, offset, tile)
+        + tiled_cross_entropy(txt, all_img, logit_scale, offset, tile)
+    ) / 2

@@ -1,0 +1,104 @@
+"""The BASIC / GradCache step: a contrastive batch far larger than activation memory allows,
+with gradients equal to full-batch training (REFERENCE.md section 4).
+
+The loss couples every pair in the batch, but it only depends on the parameters through the
+embeddings. So: embed each microbatch without a graph (saving its RNG state), compute the
+loss once on the whole batch of detached embeddings to get d(loss)/d(embedding) and the
+temperature's gradient, then re-run each microbatch with a graph (same RNG state, so random
+masking and dropout replay identically) and back-propagate ``sum(embedding * cached_grad)``.
+Activation memory is that of one microbatch; compute is one extra forward pass.
+
+OpenCLIP's ``--accum-freq`` instead recomputes the whole loss once per microbatch, which
+adds the temperature's full gradient K times (tests/test_bigbatch.py shows it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+import torch.nn as nn
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def _rng_state(model: nn.Module, device: torch.device) -> dict:
+    """Every random source a forward pass may draw from: torch's CPU and CUDA generators
+    and the vision tower's own masking generator, if it has one."""
+    gen = getattr(getattr(model, "visual", None), "generator", None)
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "visual": gen.get_state() if gen is not None else None,
+    }
+
+
+def _set_rng_state(model: nn.Module, device: torch.device, state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if state["visual"] is not None:
+        model.visual.generator.set_state(state["visual"])
+
+
+def temperature_params(model: nn.Module) -> list[nn.Parameter]:
+    """The loss's own parameters after the embeddings: ``logit_scale`` (and ``logit_bias``)."""
+    bias = getattr(model, "logit_bias", None)
+    return [model.logit_scale] + ([bias] if bias is not None else [])
+
+
+def forward_backward(
+    model: nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    loss_fn: LossFn,
+    microbatch_size: int | None = None,
+    no_sync: Callable[[], ContextManager] | None = None,
+) -> float:
+    """One optimizer step's forward and backward: fills ``.grad`` of every parameter and
+    returns the loss. ``loss_fn(img, txt, logit_scale[, logit_bias])`` gets normalised
+    embeddings of the whole batch (``clip_loss``, ``tiled_clip_loss``, ``sigmoid_loss``, or a
+    cross-rank loss that gathers). ``model`` may be a DDP/FSDP wrapper; it is called as
+    ``model(images, tokens)``.
+
+    With ``microbatch_size`` smaller than the batch, the step is re-materialised per
+    microbatch (see the module docstring). ``no_sync`` is a context factory (DDP's
+    ``model.no_sync``) entered around the backward of all but the last microbatch, so
+    gradients are reduced once; the temperature's gradient is added in that last backward.
+    """
+    core = getattr(model, "module", model)
+    temps = temperature_params(core)
+    batch = images.shape[0]
+    if microbatch_size is None or microbatch_size >= batch:
+        img, txt, _ = model(images, tokens)
+        loss = loss_fn(img, txt, *temps)
+        loss.backward()
+        return loss.item()
+
+    chunks = list(zip(images.split(microbatch_size), tokens.split(microbatch_size)))
+    states, imgs, txts = [], [], []
+    with torch.no_grad():
+        for x, t in chunks:
+            states.append(_rng_state(core, x.device))
+            img, txt, _ = model(x, t)
+            imgs.append(img)
+            txts.append(txt)
+
+    img = torch.cat(imgs).requires_grad_()
+    txt = torch.cat(txts).requires_grad_()
+    loss = loss_fn(img, txt, *temps)
+    grads = torch.autograd.grad(loss, [img, txt, *temps])
+    img_grads, txt_grads = grads[0].split(microbatch_size), grads[1].split(microbatch_size)
+    del img, txt, imgs, txts
+
+    last = len(chunks) - 1
+    for i, ((x, t), state) in enumerate(zip(chunks, states)):
+        _set_rng_state(core, x.device, state)
+        with no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext():
+            img, txt, _ = model(x, t)
+            surrogate = (img * img_grads[i]).sum() + (txt * txt_grads[i]).sum()
+            if i == last:
+                surrogate = surrogate + sum((p * g).sum() for p, g in zip(temps, grads[2:]))
+            surrogate.backward()
+    return loss.item()
