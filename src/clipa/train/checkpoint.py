@@ -4,6 +4,9 @@ A checkpoint is a folder ``step_00000123/`` with ``model.safetensors``,
 ``optimizer.safetensors``, ``rng.safetensors`` and ``state.json`` (step, stage, run
 config, optimizer hyper-parameters, data-loader position). It is written under a
 temporary name and renamed, so a crash never leaves a half-written checkpoint behind.
+An fsdp run (``clipa.parallel``) writes ``sharded/`` (torch.distributed.checkpoint: each
+rank's shards of model and optimizer) instead of the model and optimizer files; its
+model is read whole from there, or ``parallel.consolidate`` adds ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..config import RunConfig, from_dict, to_dict
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+SHARDED_DIR = "sharded"
 
 
 def _flatten_optimizer(opt_sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -64,12 +68,14 @@ def set_rng_state(states: dict[str, torch.Tensor], generator: torch.Generator | 
 def save_checkpoint(
     root: str | Path,
     step: int,
-    model_sd: dict[str, torch.Tensor],
+    model_sd: dict[str, torch.Tensor] | None,
     optimizer_sd: dict | None,
     state: dict,
     rng: dict[str, torch.Tensor] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``root/step_{step}`` atomically and return its path."""
+    """Write ``root/step_{step}`` atomically and return its path. ``write_extra(tmp)`` adds
+    files before the rename (the fsdp shards, when ``model_sd`` is None)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -77,7 +83,10 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+    if model_sd is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+    if write_extra is not None:
+        write_extra(tmp)
     state = dict(state)
     if optimizer_sd is not None:
         tensors, meta = _flatten_optimizer(optimizer_sd)
@@ -111,7 +120,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not (path / "state.json").exists():
         raise FileNotFoundError(f"{path} is not a clipa checkpoint (no state.json)")
     state = json.loads((path / "state.json").read_text())
-    out: dict[str, Any] = {"state": state, "model": load_file(str(path / "model.safetensors"))}
+    out: dict[str, Any] = {"state": state, "model": model_tensors(path)}
     if (path / "optimizer.safetensors").exists():
         out["optimizer"] = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
     if (path / "rng.safetensors").exists():
@@ -136,10 +145,19 @@ def load_model(path: str | Path):
     state = json.loads((path / "state.json").read_text())
     cfg = run_config_of(state)
     model = create_model(cfg.model, **cfg.model_overrides)
-    sd = load_file(str(path / "model.safetensors"))
+    sd = model_tensors(path)
     apply_shapes(model, sd)
     model.load_state_dict(sd, strict=True)
     return model.eval(), cfg
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights: ``model.safetensors``, or read whole from the shards of an fsdp run."""
+    if (path / "model.safetensors").exists() or not (path / SHARDED_DIR).is_dir():
+        return load_file(str(path / "model.safetensors"))
+    from ..parallel import read_sharded_model
+
+    return read_sharded_model(path / SHARDED_DIR)
 
 
 def apply_shapes(model, sd: dict[str, torch.Tensor]) -> None:

@@ -45,7 +45,7 @@ def stage_steps(stage: StageConfig) -> int:
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.dist = parallel.init_distributed()
+        self.dist = parallel.init_distributed(cfg.train.device)
         self.device = self.dist.device if self.dist.world_size > 1 else resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -94,12 +94,12 @@ class Trainer:
         if self.cfg.data.source == "digits":
             from ..data.digits import DigitsLoader
 
-            return DigitsLoader(image_size, stage.batch_size // self.dist.world_size, tokenize, seed=seed,
+            return DigitsLoader(image_size, parallel.local_batch_size(stage.batch_size, self.dist), tokenize, seed=seed,
                                 state=state, rank=self.dist.rank, world_size=self.dist.world_size)
         from ..data import build_train_loader
 
         return build_train_loader(
-            self.cfg.data, image_size, stage.batch_size // self.dist.world_size, tokenize, seed=seed,
+            self.cfg.data, image_size, parallel.local_batch_size(stage.batch_size, self.dist), tokenize, seed=seed,
             rank=self.dist.rank, world_size=self.dist.world_size, state=state,
         )
 
@@ -110,7 +110,7 @@ class Trainer:
         resume = self._find_resume()
         start_stage, start_step, loader_state, restored = 0, 0, None, None
         if resume is not None:
-            restored = ckpt.read_checkpoint(resume)
+            restored = parallel.read_checkpoint(resume, self.dist)
             st = restored["state"]
             start_stage, start_step, loader_state = st["stage"], st["stage_step"], st.get("loader")
             self.results = st.get("results", [])
@@ -150,8 +150,8 @@ class Trainer:
         self.model.visual.reduction = stage.image_reduction
         self.wrapped = parallel.wrap_model(self.model, self.cfg.train, self.dist)
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
-        if restored is not None and "optimizer" in restored:
-            optimizer.load_state_dict(restored["optimizer"])
+        if restored is not None:
+            parallel.load_optimizer(restored, self.wrapped, optimizer, self.dist)
         if restored is not None and "rng" in restored:
             ckpt.set_rng_state(restored["rng"], self.generator)
         loss_fn = self._loss_fn(stage)
@@ -199,6 +199,7 @@ class Trainer:
                 self._evaluate(index, step + 1)
         if progress is not None:
             progress.close()
+        self.model = parallel.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
         self.model.visual.reduction = None
         self._evaluate(index, total)
         self._save(index, total, optimizer, loader, stage_done=True)
@@ -207,7 +208,7 @@ class Trainer:
 
     def _loss_fn(self, stage: StageConfig) -> Callable:
         """(img, txt, logit_scale[, logit_bias]) -> loss over the global batch."""
-        return sigmoid_loss if self.cfg.train.loss == "siglip" else clip_loss
+        return parallel.loss_across_ranks(sigmoid_loss if self.cfg.train.loss == "siglip" else clip_loss, self.dist)
 
     def _skip_step(self, step: int) -> None:
         self.bad_steps += 1
@@ -256,9 +257,10 @@ class Trainer:
     def _evaluate(self, index: int, step: int) -> None:
         from .evaluate import evaluate_during_training
 
+        model = parallel.full_model(self.wrapped, self.model, self.dist)
         if not self.dist.is_main:
             return
-        metrics = evaluate_during_training(self.model, self.cfg, self.device)
+        metrics = evaluate_during_training(model, self.cfg, self.device)
         if not metrics:
             return
         record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": step, **metrics}
