@@ -117,3 +117,34 @@ def test_position_tables_move_between_resolutions(pos_embed):
     with torch.no_grad():
         assert torch.isfinite(model.encode_text(text)).all()
     assert t16.shape == (2, 128)
+
+
+def test_resume_at_a_stage_boundary_moves_to_the_next_stage_afresh(tmp_path, monkeypatch):
+    from clipa.config import StageConfig, from_dict
+
+    def cfg(out, *extra):
+        c = tiny_cfg(out, "stage.samples=64", "stage.batch_size=32", "stage.warmup=1", *extra)
+        c.stages.append(from_dict(StageConfig, {"name": "second", "image_size": 24, "text_length": 12,
+                                                "samples": 64, "batch_size": 32, "warmup": 1, "lr": 5e-4}))
+        return c
+
+    straight = Trainer(cfg(tmp_path / "a"))
+    straight.fit()
+
+    crashing = Trainer(cfg(tmp_path / "b"))
+    original = crashing._run_stage
+
+    def crash_in_second_stage(index, *a):
+        if index == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original(index, *a)
+
+    monkeypatch.setattr(crashing, "_run_stage", crash_in_second_stage)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    resumed = Trainer(cfg(tmp_path / "b", "train.resume=latest"))
+    resumed.fit()
+    assert resumed.model.visual.cfg.image_size == 24
+    a, b = _params(straight.model), _params(resumed.model)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

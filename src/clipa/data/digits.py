@@ -55,12 +55,9 @@ def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
     return ((x - _MEAN) / _STD).expand(-1, 3, -1, -1).contiguous()
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small random zoom and shift, batched through one affine grid."""
-    n = x.shape[0]
-    scale = 0.85 + 0.3 * torch.rand(n, generator=gen)
-    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.3
-    theta = torch.zeros(n, 2, 3)
+def _augment(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Small zoom and shift per image, batched through one affine grid."""
+    theta = torch.zeros(x.shape[0], 2, 3)
     theta[:, 0, 0] = scale
     theta[:, 1, 1] = scale
     theta[:, :, 2] = shift
@@ -103,15 +100,20 @@ class DigitsLoader:
         while True:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
             while self.offset + global_batch <= n:
+                # Draws are made for the whole global batch, then sliced: any number of
+                # ranks sees exactly the batch one process would.
                 gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.offset)) % 2**62)
                 idx = order[self.offset : self.offset + global_batch]
-                idx = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-                choice = torch.randint(len(TRAIN_TEMPLATES), (len(idx),), generator=gen)
+                choice = torch.randint(len(TRAIN_TEMPLATES), (global_batch,), generator=gen)
+                scale = 0.85 + 0.3 * torch.rand(global_batch, generator=gen)
+                shift = (torch.rand(global_batch, 2, generator=gen) - 0.5) * 0.3
+                mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+                idx, choice, scale, shift = idx[mine], choice[mine], scale[mine], shift[mine]
                 captions = [
                     TRAIN_TEMPLATES[t].format(d=int(lbl), w=WORDS[int(lbl)])
                     for t, lbl in zip(choice.tolist(), self.labels[idx].tolist())
                 ]
-                images = _augment(self.images[idx], gen)
+                images = _augment(self.images[idx], scale, shift)
                 self.offset += global_batch
                 yield {"images": images, "text": self.tokenize(captions), "keys": [f"digit{i}" for i in idx.tolist()]}
             self.epoch, self.offset = self.epoch + 1, 0

@@ -29,6 +29,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, stage: StageConfig) ->
         lr=stage.lr,
         betas=(optim.beta1, optim.beta2),
         eps=optim.eps,
+        foreach=True,  # one fused update over all tensors, also on CPU (where the default loops)
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,12 +19,17 @@ import torch
 
 from .. import parallel
 from ..bigbatch import forward_backward
-from ..config import RunConfig, StageConfig, to_dict
-from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss
+from ..config import ConfigError, RunConfig, StageConfig, to_dict
+from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, create_model
+from ..reduction.image import resize_image_size
 from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_at, set_lr
 from ..tokenizer import tokenizer_for
+
+
+# Above this contrastive batch the B x B logits dominate memory; the tiled loss keeps it linear.
+TILED_LOSS_FROM = 8192
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,6 +63,9 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.model: CLIP = create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
+        if cfg.train.loss == "siglip" and self.model.logit_bias is None:
+            raise ConfigError("train.loss=siglip needs a logit bias: set model_overrides.init_logit_bias "
+                              "(SigLIP uses -10) and model_overrides.init_logit_scale (ln 10)")
         self.model.to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
         self.model.visual.generator = self.generator
@@ -73,6 +82,8 @@ class Trainer:
     def _apply_stage_shapes(self, stage: StageConfig) -> None:
         """Move the model to the stage's resolution and text length (interpolating tables)."""
         size = stage.image_size or self.base_image_size
+        if stage.image_reduction.strategy == "resize" and stage.image_size is None:
+            size = resize_image_size(stage.image_reduction, self.base_image_size, self.model.visual.cfg.patch_size)
         if size != self.model.visual.cfg.image_size:
             self.model.visual.set_image_size(size)
         length = stage.text_length or self.base_context
@@ -82,10 +93,19 @@ class Trainer:
 
     def _tokenize_fn(self, stage: StageConfig) -> Callable[[list[str]], torch.Tensor]:
         from ..reduction.text import reduce_text
+
         tokenizer = tokenizer_for(self.model)
         length = self.model.context_length
-        text_gen = torch.Generator().manual_seed(self.cfg.train.seed + 104729 * self.dist.rank)
-        return lambda captions: reduce_text(captions, tokenizer, length, stage.text_reduction, text_gen)
+        seed = self.cfg.train.seed
+
+        def tokenize(captions: list[str]) -> torch.Tensor:
+            # Seeded by the batch itself: random text masking is then the same in loader
+            # workers, after a resume and across epochs' different batches, with no state.
+            digest = zlib.crc32("\x1f".join(captions).encode("utf-8", "replace"))
+            generator = torch.Generator().manual_seed(seed * 2**32 + digest)
+            return reduce_text(captions, tokenizer, length, stage.text_reduction, generator)
+
+        return tokenize
 
     def _loader(self, stage: StageConfig, state: dict | None):
         image_size = self.model.visual.cfg.image_size
@@ -143,16 +163,19 @@ class Trainer:
     def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
         stage = self.cfg.stages[index]
         self.stage_index = index
-        self._apply_stage_shapes(stage)
-        if restored is not None:
+        if restored is not None:  # weights at the sizes they were saved at, then this stage's
             ckpt.apply_shapes(self.model, restored["model"])
             self.model.load_state_dict(restored["model"], strict=True)
+        self._apply_stage_shapes(stage)
+        # A checkpoint from inside this stage also carries its optimizer and RNG; one written
+        # at the end of the previous stage does not: each stage starts them afresh.
+        mid_stage = restored is not None and not restored["state"].get("stage_done")
         self.model.visual.reduction = stage.image_reduction
         self.wrapped = parallel.wrap_model(self.model, self.cfg.train, self.dist)
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
-        if restored is not None:
+        if mid_stage:
             parallel.load_optimizer(restored, self.wrapped, optimizer, self.dist)
-        if restored is not None and "rng" in restored:
+        if mid_stage and "rng" in restored:
             ckpt.set_rng_state(restored["rng"], self.generator)
         loss_fn = self._loss_fn(stage)
         total = stage_steps(stage)
@@ -207,8 +230,15 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
 
     def _loss_fn(self, stage: StageConfig) -> Callable:
-        """(img, txt, logit_scale[, logit_bias]) -> loss over the global batch."""
-        return parallel.loss_across_ranks(sigmoid_loss if self.cfg.train.loss == "siglip" else clip_loss, self.dist)
+        """(img, txt, logit_scale[, logit_bias]) -> loss over the global batch; the tiled
+        (linear-memory) InfoNCE from ``TILED_LOSS_FROM`` samples on, unless configured."""
+        mode = self.cfg.train.tiled_loss
+        tiled = mode == "on" or (mode == "auto" and stage.batch_size >= TILED_LOSS_FROM)
+        if self.cfg.train.loss == "siglip":
+            fn = sigmoid_loss
+        else:
+            fn = tiled_clip_loss if tiled else clip_loss
+        return parallel.loss_across_ranks(fn, self.dist)
 
     def _skip_step(self, step: int) -> None:
         self.bad_steps += 1
