@@ -48,3 +48,10 @@ def test_every_shipped_recipe_loads():
     assert recipes
     for path in recipes:
         load_config(path)
+
+
+def test_overrides_without_a_file_keep_the_default_stage():
+    default = load_config().stages[0]
+    cfg = load_config(None, ["train.output_dir=/tmp/x"])
+    assert cfg.stages[0] == default
+    assert load_config(None, ["stage.lr=0.5"]).stages[0].samples == default.samples

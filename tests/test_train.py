@@ -43,7 +43,7 @@ def test_two_stages_change_shapes_write_checkpoints_and_evaluate(tmp_path):
     model, run_cfg = ckpt.load_model(latest)
     assert model.visual.cfg.image_size == 24 and model.context_length == 12
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert [json.loads(x)["stage_name"] for x in lines] == ["main", "bigger"]
+    assert [json.loads(x)["stage_name"] for x in lines] == ["digits", "bigger"]
 
 
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):

@@ -337,8 +337,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         tree = loaded
     if overrides:
-        if "stages" not in tree:
-            tree["stages"] = [{}]
+        if "stages" not in tree:  # `stage.X=...` and `stages.0.X=...` edit the default stages
+            tree["stages"] = to_dict(RunConfig())["stages"]
         apply_overrides(tree, overrides)
     cfg = from_dict(RunConfig, tree)
     validate(cfg)
