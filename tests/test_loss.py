@@ -64,6 +64,18 @@ def test_clip_loss_clamps_the_temperature_at_100():
     assert dt == 0
 
 
+@pytest.mark.parametrize("loss_fn", [clip_loss, tiled_clip_loss], ids=["naive", "tiled"])
+def test_temperature_clamped_to_the_cap_keeps_its_gradient(loss_fn):
+    """The trainer clamps the fp32 parameter to MAX_LOGIT_SCALE after each step; there the
+    loss must still pass a gradient, or the temperature could never leave the cap."""
+    img, txt = embeddings(32)
+    t = torch.tensor(5.0, requires_grad=True)
+    with torch.no_grad():
+        t.clamp_(0, MAX_LOGIT_SCALE)
+    loss_fn(img, txt, t).backward()
+    assert t.grad != 0
+
+
 def test_sigmoid_loss_matches_openclip():
     img, txt = embeddings(32)
     bias = torch.tensor(-10.0)
@@ -110,8 +122,9 @@ def test_tiled_is_stable_at_scale_100_with_identical_rows(device):
     ref = value_and_grads(clip_loss, img, img, math.log(100.0))
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=0)
     torch.testing.assert_close(got[0].cpu(), torch.tensor(math.log(64.0)), rtol=1e-5, atol=0)
-    for g in got[1:]:
+    for g in got[1:3]:
         assert g.abs().max() < 1e-5
+    assert got[3].abs() < 1e-3  # exactly 0 in exact arithmetic; fp32 leaves ~100 * B * eps
 
 
 def test_tiled_is_stable_with_logits_far_beyond_exp_range():

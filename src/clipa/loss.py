@@ -18,12 +18,19 @@ _TILE_ELEMENTS = 2**24  # auto tile: one [rows, tile] fp32 block is 64 MiB
 _MIN_TILE = 256  # narrower tiles make the matmuls inefficient
 
 
+def clamp_logit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
+    """t capped at ln 100. Unlike ``clamp``, whose gradient is zero *at* the bound, this passes
+    the gradient there: the trainer's ``clamp_`` parks the parameter exactly on the cap, and
+    with a zero gradient the temperature could never come back down."""
+    return torch.where(logit_scale > MAX_LOGIT_SCALE, MAX_LOGIT_SCALE, logit_scale)
+
+
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Mean of image->text and text->image cross-entropy over ``exp(t) * img @ txt.T``.
 
     ``logit_scale`` is the log-temperature t; it is clamped at ln 100 as in CLIP.
     """
-    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    scale = clamp_logit_scale(logit_scale).exp()
     logits = scale * img @ txt.T
     labels = torch.arange(img.shape[0], device=img.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -132,7 +139,7 @@ def tiled_cross_entropy(
     """
     if offset < 0 or offset + rows.shape[0] > cols.shape[0]:
         raise ValueError(f"targets {offset}..{offset + rows.shape[0]} fall outside {cols.shape[0]} columns")
-    t = logit_scale.clamp(max=MAX_LOGIT_SCALE)
+    t = clamp_logit_scale(logit_scale)
     return _TiledInfoNCE.apply(_fp(rows), _fp(cols), t, offset, tile, False) / rows.shape[0]
 
 
@@ -155,7 +162,7 @@ def tiled_clip_loss(
     if all_img is None and all_txt is None:
         if offset:
             raise ValueError("offset needs the global all_img and all_txt")
-        t = logit_scale.clamp(max=MAX_LOGIT_SCALE)
+        t = clamp_logit_scale(logit_scale)
         return _TiledInfoNCE.apply(_fp(img), _fp(txt), t, 0, tile, True) / (2 * img.shape[0])
     if all_img is None or all_txt is None:
         raise ValueError("pass both all_img and all_txt, or neither")
