@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .bigbatch import temperature_params
 from .config import TrainConfig
-from .loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
+from .loss import clamp_logit_scale, clip_loss, sigmoid_loss, tiled_clip_loss
 from .train import checkpoint as ckpt
 
 # Rank 0 may evaluate (or write a checkpoint) while the other ranks wait in their next
@@ -246,7 +246,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def _local_clip_loss(img, txt, all_img, all_txt, logit_scale, offset):
-    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    scale = clamp_logit_scale(logit_scale).exp()
     labels = torch.arange(img.shape[0], device=img.device) + offset
     return (F.cross_entropy(scale * img @ all_txt.T, labels) + F.cross_entropy(scale * txt @ all_img.T, labels)) / 2
 
