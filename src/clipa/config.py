@@ -171,7 +171,6 @@ class TrainConfig:
     log_every: int = 10
     max_bad_steps: int = 5  # consecutive non-finite losses before stopping
     progress: bool = True
-    compile: bool = False
 
 
 @dataclass
