@@ -219,15 +219,16 @@ def get_tokenizer(name: str, context_length: int | None = None) -> TextTokenizer
     from .models import get_model_config
 
     text = get_model_config(name).text
-    length = context_length or text.context_length
-    if text.tokenizer == "bert":
-        return bert_tokenizer(text.tokenizer_path, length)
-    return clip_tokenizer(length)
+    return _for_text(text, context_length or text.context_length)
 
 
 def tokenizer_for(model) -> TextTokenizer:
     """The tokenizer matching a built model's text config at its current context length."""
-    text = model.cfg.text
+    return _for_text(model.cfg.text, model.context_length)
+
+
+def _for_text(text, context_length: int) -> TextTokenizer:
+    """The tokenizer a ``TextConfig`` names (``clip`` or ``bert``), at ``context_length``."""
     if text.tokenizer == "bert":
-        return bert_tokenizer(text.tokenizer_path, model.context_length)
-    return clip_tokenizer(model.context_length)
+        return bert_tokenizer(text.tokenizer_path, context_length)
+    return clip_tokenizer(context_length)
