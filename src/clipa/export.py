@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .eval.datasets import OPENAI_MEAN, OPENAI_STD
+from .data import CLIP_MEAN, CLIP_STD
 
 FORMATS = ("openclip", "hf")
 _HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
@@ -67,7 +67,7 @@ def openclip_config(model: Any) -> dict:
     model_cfg = {"embed_dim": cfg.embed_dim, **top, "vision_cfg": vision, "text_cfg": text}
     if getattr(model, "logit_bias", None) is not None:
         model_cfg["init_logit_bias"] = model.logit_bias.item()
-    preprocess = {"size": v.image_size, "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+    preprocess = {"size": v.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
                   "interpolation": "bicubic", "resize_mode": "shortest"}
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
 
@@ -175,7 +175,7 @@ def _hf_processor(model: Any, out: Path):
     tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=model.context_length)
     size = model.visual.cfg.image_size
     images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD), resample=3)
+                                image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3)
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
 

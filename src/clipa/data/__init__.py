@@ -10,18 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# OpenAI CLIP's pixel normalisation, shared by the training transforms, evaluation and export.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 _EXPORTS = {
     "TrainLoader": "loader",
     "build_train_loader": "loader",
     "EmptySourceError": "stream",
     "REASONS": "samples",
-    "CLIP_MEAN": "transforms",
-    "CLIP_STD": "transforms",
     "build_eval_transform": "transforms",
     "build_train_transform": "transforms",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "CLIP_MEAN", "CLIP_STD"])
 
 
 def __getattr__(name: str) -> Any:

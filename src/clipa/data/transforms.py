@@ -17,9 +17,8 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from ..config import DataConfig
+from . import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _MIN_ASPECT = 3 / 4  # RandomResizedCrop's default ratio range is (3/4, 4/3)
 
 

@@ -20,10 +20,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..data import CLIP_MEAN, CLIP_STD
 from . import imagenet
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _IMAGE_FILES = {f".{e}" for e in IMAGE_EXTENSIONS} | {".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -32,7 +31,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def eval_transform(image_size: int, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
+def eval_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
     """OpenCLIP's ``image_transform(size, is_train=False)``: PIL image -> normalised [3, S, S] tensor."""
     from torchvision import transforms as T  # imported here: a second or more, and ``clipa --help`` needs none
 
