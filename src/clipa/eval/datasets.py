@@ -21,10 +21,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..data import CLIP_MEAN, CLIP_STD
+from ..data.samples import IMAGE_EXTS
 from . import imagenet
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-_IMAGE_FILES = {f".{e}" for e in IMAGE_EXTENSIONS} | {".bmp", ".ppm", ".tif", ".tiff"}
+_IMAGE_FILES = {f".{e}" for e in IMAGE_EXTS} | {".bmp", ".ppm", ".tif", ".tiff"}
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -96,10 +96,10 @@ def iter_tar_samples(path: str | Path) -> Iterator[dict[str, bytes]]:
 
 
 def _decode_image(sample: dict[str, bytes]) -> Image.Image:
-    for ext in IMAGE_EXTENSIONS:
+    for ext in IMAGE_EXTS:
         if ext in sample:
             return Image.open(io.BytesIO(sample[ext]))
-    raise KeyError(f"sample {sample['__key__']} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+    raise KeyError(f"sample {sample['__key__']} has no image ({', '.join(IMAGE_EXTS)})")
 
 
 def captions_of(sample: dict[str, bytes]) -> list[str]:
