@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import RunConfig, from_dict, to_dict
+from ..config import RunConfig, from_dict
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 SHARDED_DIR = "sharded"
@@ -168,7 +168,3 @@ def apply_shapes(model, sd: dict[str, torch.Tensor]) -> None:
         model.visual.set_image_size(size)
     if sd["positional_embedding"].shape[0] != model.context_length:
         model.set_context_length(sd["positional_embedding"].shape[0])
-
-
-def config_dict(cfg: RunConfig) -> dict:
-    return to_dict(cfg)
