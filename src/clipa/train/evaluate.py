@@ -8,7 +8,7 @@ from ..config import RunConfig
 from ..models import CLIP
 
 
-def evaluate_digits(model: CLIP, model_name: str, device: torch.device | str, batch_size: int = 256) -> dict:
+def evaluate_digits(model: CLIP, device: torch.device | str, batch_size: int = 256) -> dict:
     """Zero-shot top-1/top-5 on the held-out digits, with prompts never used in training."""
     from ..data.digits import CLASSNAMES, EVAL_TEMPLATES, eval_split
     from ..eval.zeroshot import build_classifier, evaluate_classification
@@ -29,7 +29,7 @@ def evaluate_during_training(model: CLIP, cfg: RunConfig, device: torch.device) 
     """Metrics for the results log: digits when training on them, else ``cfg.eval.data``."""
     if cfg.eval.data is None:
         if cfg.data.source == "digits":
-            return evaluate_digits(model, cfg.model, device, cfg.eval.batch_size)
+            return evaluate_digits(model, device, cfg.eval.batch_size)
         return {}
     from ..eval.runner import run_evals
     from ..tokenizer import tokenizer_for
