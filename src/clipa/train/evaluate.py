@@ -34,9 +34,4 @@ def evaluate_during_training(model: CLIP, cfg: RunConfig, device: torch.device) 
     from ..eval.runner import run_evals
     from ..tokenizer import tokenizer_for
 
-    was_training = model.training
-    model.eval()
-    tokenizer = tokenizer_for(model)
-    metrics = run_evals(model, tokenizer, cfg.eval, device)
-    model.train(was_training)
-    return metrics
+    return run_evals(model, tokenizer_for(model), cfg.eval, device)  # evaluate_set switches to eval mode
