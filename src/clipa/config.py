@@ -204,14 +204,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -318,10 +317,6 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         else:
             _set_path(tree, key, value)
     return tree
-
-
-def _default_tree() -> dict:
-    return to_dict(RunConfig())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
