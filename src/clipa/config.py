@@ -382,9 +382,7 @@ def validate(cfg: RunConfig) -> None:
 
 def validate_model(cfg: ModelConfig) -> None:
     for key, allowed in _CHOICES.items():
-        if key != "pool":
-            _check(getattr(cfg.vision, key), allowed, f"vision.{key}")
-    _check(cfg.vision.pool, ("tok", "avg"), "vision.pool")
+        _check(getattr(cfg.vision, key), allowed, f"vision.{key}")
     _check(cfg.text.pool, ("argmax", "last", "first"), "text.pool")
     _check(cfg.text.tokenizer, ("clip", "bert"), "text.tokenizer")
     _check(cfg.text.act, _CHOICES["act"], "text.act")
