@@ -167,8 +167,7 @@ def full_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Modul
     sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
     with torch.device(info.device):
         plain = CLIP(model.cfg)
-    ckpt.apply_shapes(plain, sd)
-    plain.load_state_dict(sd, strict=True)
+    ckpt.load_weights(plain, sd)
     plain.visual.generator = model.visual.generator
     plain.visual.reduction = model.visual.reduction
     return plain.train(model.training)

@@ -145,9 +145,7 @@ def load_model(path: str | Path):
     state = json.loads((path / "state.json").read_text())
     cfg = run_config_of(state)
     model = create_model(cfg.model, **cfg.model_overrides)
-    sd = model_tensors(path)
-    apply_shapes(model, sd)
-    model.load_state_dict(sd, strict=True)
+    load_weights(model, model_tensors(path))
     return model.eval(), cfg
 
 
@@ -160,11 +158,12 @@ def model_tensors(path: Path) -> dict[str, torch.Tensor]:
     return read_sharded_model(path / SHARDED_DIR)
 
 
-def apply_shapes(model, sd: dict[str, torch.Tensor]) -> None:
-    """Move a freshly built model to the image grid and text length the weights were saved at."""
+def load_weights(model, sd: dict[str, torch.Tensor]) -> None:
+    """Move a model to the image grid and text length the weights were saved at, then load them (strict)."""
     g = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
     size = g * model.visual.cfg.patch_size
     if size != model.visual.cfg.image_size:
         model.visual.set_image_size(size)
     if sd["positional_embedding"].shape[0] != model.context_length:
         model.set_context_length(sd["positional_embedding"].shape[0])
+    model.load_state_dict(sd, strict=True)

@@ -164,8 +164,7 @@ class Trainer:
         stage = self.cfg.stages[index]
         self.stage_index = index
         if restored is not None:  # weights at the sizes they were saved at, then this stage's
-            ckpt.apply_shapes(self.model, restored["model"])
-            self.model.load_state_dict(restored["model"], strict=True)
+            ckpt.load_weights(self.model, restored["model"])
         self._apply_stage_shapes(stage)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
