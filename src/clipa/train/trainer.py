@@ -111,15 +111,16 @@ class Trainer:
         image_size = self.model.visual.cfg.image_size
         tokenize = self._tokenize_fn(stage)
         seed = self.cfg.train.seed + 1000 * self.stage_index
+        batch_size = parallel.local_batch_size(stage.batch_size, self.dist)
         if self.cfg.data.source == "digits":
             from ..data.digits import DigitsLoader
 
-            return DigitsLoader(image_size, parallel.local_batch_size(stage.batch_size, self.dist), tokenize, seed=seed,
+            return DigitsLoader(image_size, batch_size, tokenize, seed=seed,
                                 state=state, rank=self.dist.rank, world_size=self.dist.world_size)
         from ..data import build_train_loader
 
         return build_train_loader(
-            self.cfg.data, image_size, parallel.local_batch_size(stage.batch_size, self.dist), tokenize, seed=seed,
+            self.cfg.data, image_size, batch_size, tokenize, seed=seed,
             rank=self.dist.rank, world_size=self.dist.world_size, state=state,
         )
 
@@ -141,7 +142,6 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
         for i in range(start_stage, len(self.cfg.stages)):
-            self.stage_index = i
             self._run_stage(i, start_step if i == start_stage else 0,
                             loader_state if i == start_stage else None,
                             restored if i == start_stage else None)
