@@ -38,7 +38,8 @@ class CLIP(TextTower):
     def forward(
         self, images: torch.Tensor, text: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised image and text embeddings and the (clamped) logit scale, as OpenCLIP."""
+        """Normalised image and text embeddings and ``exp(logit_scale)``, as OpenCLIP (not clamped
+        here: the InfoNCE losses cap the scale at 100 and the trainer clamps the parameter after each step)."""
         img = self.encode_image(images, normalize=True)
         txt = self.encode_text(text, normalize=True)
         return img, txt, self.logit_scale.exp()
