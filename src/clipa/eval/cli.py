@@ -59,8 +59,8 @@ def load_for_eval(checkpoint: str | Path, model_name: str | None = None) -> tupl
     if path.is_file():
         raise ValueError(f"{path} is a weights file: name its architecture with --model (e.g. --model ViT-B-32)")
     from ..train.checkpoint import load_model
-    model, run_cfg = load_model(path)
-    return model.eval(), run_cfg.model, run_cfg
+    model, run_cfg = load_model(path)  # already in eval mode
+    return model, run_cfg.model, run_cfg
 
 
 def default_evaluation(model: Any, run_cfg: Any, device: str) -> tuple[str, str, dict[str, float]]:
