@@ -37,11 +37,23 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -
 
 
 def sigmoid_loss(
-    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    all_txt: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """SigLIP: every pair is a binary problem; positives on the diagonal. Normalised by B."""
-    logits = logit_scale.exp() * img @ txt.T + logit_bias
-    signs = 2 * torch.eye(img.shape[0], device=img.device, dtype=logits.dtype) - 1
+    """SigLIP: every pair is a binary problem; positives on the diagonal. Normalised by B.
+
+    Across ranks pass the gathered ``all_txt`` and ``offset = rank * B_local``: row i's positive
+    is then column ``offset + i``.
+    """
+    logits = logit_scale.exp() * img @ (txt if all_txt is None else all_txt).T + logit_bias
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(img.shape[0], device=img.device)
+    signs[rows, rows + offset] = 1
     return -F.logsigmoid(signs * logits).sum() / img.shape[0]
 
 

@@ -251,11 +251,7 @@ def _local_clip_loss(img, txt, all_img, all_txt, logit_scale, offset):
 
 
 def _local_sigmoid_loss(img, txt, all_img, all_txt, logit_scale, logit_bias, offset):
-    logits = logit_scale.exp() * img @ all_txt.T + logit_bias
-    signs = -torch.ones_like(logits)
-    rows = torch.arange(img.shape[0], device=img.device)
-    signs[rows, rows + offset] = 1
-    return -F.logsigmoid(signs * logits).sum() / img.shape[0]
+    return sigmoid_loss(img, txt, logit_scale, logit_bias, all_txt=all_txt, offset=offset)
 
 
 def loss_across_ranks(loss_fn: Callable[..., torch.Tensor], info: DistInfo) -> Callable[..., torch.Tensor]:
