@@ -252,3 +252,31 @@ def test_show_masks_writes_a_picture(tmp_path):
     out = show_masks(src, tmp_path / "masks.png", 0.75, CAPTION, 8)
     pic = Image.open(out)
     assert pic.width > 6 * 224 and pic.height > 224
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (7, 7), (14, 14), (5, 8)])
+@pytest.mark.parametrize("cfg", [
+    Img(strategy="none"),
+    Img(strategy="resize", ratio=0.75),
+    Img(strategy="random", ratio=0.3),
+    Img(strategy="random", keep=5),
+    Img(strategy="grid"),
+    Img(strategy="grid", grid_position="random"),
+    Img(strategy="block", ratio=0.75),
+    Img(strategy="block", keep=6),
+])
+def test_num_seen_is_what_the_tower_keeps(cfg, grid):
+    """The planner and FLOP counts use num_seen; it must be the width keep_indices gives."""
+    from clipa.reduction.image import keep_indices, num_seen
+
+    idx = keep_indices(cfg, 3, grid, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert num_seen(cfg, grid) == (grid[0] * grid[1] if idx is None else idx.shape[1])
+
+
+def test_stage_image_size_follows_resize_only_when_no_size_is_given():
+    from clipa.reduction.image import stage_image_size
+
+    resize = Img(strategy="resize", ratio=0.75)
+    assert stage_image_size(resize, None, 224, 16) == 112
+    assert stage_image_size(resize, 96, 224, 16) == 96
+    assert stage_image_size(Img(strategy="random", ratio=0.5), None, 224, 16) == 224

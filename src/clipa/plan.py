@@ -13,10 +13,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ImageReductionConfig, RunConfig, load_config
+from .config import RunConfig, load_config
 from .flops import pair_flops
 from .models.registry import get_model_config
-from .reduction.image import num_kept
+from .reduction.image import num_seen, stage_image_size
 
 A100_BF16_TFLOPS = 312.0
 CLIPA_V2_MFU = 0.27
@@ -41,14 +41,6 @@ class StagePlan:
         return self.samples * (self.image_tokens + self.text_tokens)
 
 
-def kept_patch_count(reduction: ImageReductionConfig, num_patches: int) -> int:
-    """Patches the image tower sees in training under a stage's reduction (masking rules count
-    by the stage's ``ratio`` or ``keep``, so a grid-masking stage should say ratio 0.75)."""
-    if reduction.strategy in ("none", "resize"):  # resize acts through the stage's image size
-        return num_patches
-    return num_kept(reduction, num_patches)
-
-
 def plan_run(cfg: RunConfig, accelerator_tflops: float = A100_BF16_TFLOPS, mfu: float = CLIPA_V2_MFU,
              usd_per_hour: float = CLIPA_V2_USD_PER_GPU_HOUR) -> list[StagePlan]:
     """One ``StagePlan`` per stage of ``cfg``."""
@@ -58,9 +50,10 @@ def plan_run(cfg: RunConfig, accelerator_tflops: float = A100_BF16_TFLOPS, mfu: 
     flops_per_hour = accelerator_tflops * 1e12 * mfu * 3600
     plans = []
     for stage in cfg.stages:
-        size = stage.image_size or model.vision.image_size
+        size = stage_image_size(stage.image_reduction, stage.image_size, model.vision.image_size,
+                                model.vision.patch_size)
         grid = size // model.vision.patch_size
-        f = pair_flops(model, size, kept_patch_count(stage.image_reduction, grid * grid),
+        f = pair_flops(model, size, num_seen(stage.image_reduction, (grid, grid)),
                        stage.text_length or model.text.context_length)
         total = f.train_step * stage.samples
         hours = total / flops_per_hour

@@ -83,6 +83,30 @@ def resize_image_size(cfg: ImageReductionConfig, image_size: int, patch_size: in
     return side * patch_size
 
 
+def stage_image_size(cfg: ImageReductionConfig, image_size: int | None, base_size: int, patch_size: int) -> int:
+    """The resolution a stage trains at: its own, else for ``resize`` the size that meets the
+    keep/ratio target, else the model's."""
+    if image_size is not None:
+        return image_size
+    if cfg.strategy == "resize":
+        return resize_image_size(cfg, base_size, patch_size)
+    return base_size
+
+
+def num_seen(cfg: ImageReductionConfig, grid: tuple[int, int]) -> int:
+    """Patch tokens per sample the tower sees in training: the width of ``keep_indices``."""
+    gh, gw = grid
+    n = gh * gw
+    if cfg.strategy == "random":
+        return num_kept(cfg, n)
+    if cfg.strategy == "grid":
+        s = grid_window(cfg, n)
+        return len(range(0, gh, s)) * len(range(0, gw, s))
+    if cfg.strategy == "block":
+        return block_side(num_kept(cfg, n), gh, gw) ** 2
+    return n
+
+
 def keep_indices(
     cfg: ImageReductionConfig,
     batch: int,

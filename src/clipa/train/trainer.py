@@ -22,7 +22,7 @@ from ..bigbatch import forward_backward
 from ..config import ConfigError, RunConfig, StageConfig, to_dict
 from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, create_model
-from ..reduction.image import resize_image_size
+from ..reduction.image import stage_image_size
 from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_at, set_lr
 from ..tokenizer import tokenizer_for
@@ -81,9 +81,8 @@ class Trainer:
 
     def _apply_stage_shapes(self, stage: StageConfig) -> None:
         """Move the model to the stage's resolution and text length (interpolating tables)."""
-        size = stage.image_size or self.base_image_size
-        if stage.image_reduction.strategy == "resize" and stage.image_size is None:
-            size = resize_image_size(stage.image_reduction, self.base_image_size, self.model.visual.cfg.patch_size)
+        size = stage_image_size(stage.image_reduction, stage.image_size, self.base_image_size,
+                                self.model.visual.cfg.patch_size)
         if size != self.model.visual.cfg.image_size:
             self.model.visual.set_image_size(size)
         length = stage.text_length or self.base_context
