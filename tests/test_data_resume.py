@@ -7,7 +7,6 @@ same keys (and, with per-sample seeded augmentation, the same pixels) from where
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

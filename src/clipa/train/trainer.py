@@ -23,9 +23,9 @@ from ..config import ConfigError, RunConfig, StageConfig, to_dict
 from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, create_model
 from ..reduction.image import stage_image_size
+from ..tokenizer import tokenizer_for
 from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_at, set_lr
-from ..tokenizer import tokenizer_for
 
 
 # Above this contrastive batch the B x B logits dominate memory; the tiled loss keeps it linear.
