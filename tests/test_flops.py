@@ -10,8 +10,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import clipa
+from clipa.cli import flops as flops_command
 from clipa.config import ImageReductionConfig
-from clipa.flops import add_flops_subcommand, kept_patches, pair_flops
+from clipa.flops import kept_patches, pair_flops
 from clipa.reduction.image import num_kept
 
 # OpenCLIP v3.3.0 docs/model_profile.csv (REFERENCE.md section 3): GFLOPs per pair, forward,
@@ -99,7 +100,7 @@ def test_kept_patches_matches_the_masking_rule(n, ratio):
 
 def test_cli_prints_forward_and_training_step(capsys):
     parser = argparse.ArgumentParser()
-    add_flops_subcommand(parser.add_subparsers())
+    flops_command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["flops", "ViT-H-14-CLIPA", "--image-size", "336", "--text-length", "32"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from clipa.cli import plan as plan_command
 from clipa.config import load_config
-from clipa.plan import add_plan_subcommand, plan_run
+from clipa.plan import plan_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -85,7 +86,7 @@ def test_v2_schedule_shape():
 
 def test_plan_table_totals(capsys):
     parser = argparse.ArgumentParser()
-    add_plan_subcommand(parser.add_subparsers())
+    plan_command.add_parser(parser.add_subparsers())
     recipe = str(CONFIGS / "clipa_v2_h14_dc1b_84_224_336.yaml")
     args = parser.parse_args(["plan", recipe, "--accelerator-tflops", "989", "--mfu", "0.4",
                               "--usd-per-hour", "2"])

@@ -1,4 +1,4 @@
-"""``clipa export``: write a model for other libraries to load unchanged.
+"""Write a model for other libraries to load unchanged.
 
 - ``openclip``: a folder with ``open_clip_config.json`` (OpenCLIP's ``model_cfg`` and
   ``preprocess_cfg``) and ``open_clip_model.safetensors`` (the state dict, already in OpenCLIP's
@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +196,7 @@ def export_hf(model: Any, out_dir: str | Path) -> Path:
     return out
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- either format
 
 
 def export(model: Any, out_dir: str | Path, fmt: str) -> Path:
@@ -207,28 +205,3 @@ def export(model: Any, out_dir: str | Path, fmt: str) -> Path:
     if fmt == "hf":
         return export_hf(model, out_dir)
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-
-
-def add_export_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="write a checkpoint for OpenCLIP / CLIP_benchmark or transformers")
-    p.add_argument("checkpoint", help="clipa checkpoint folder (or run folder), or a weights file with --model")
-    p.add_argument("--format", choices=FORMATS, default="openclip")
-    p.add_argument("--output", "-o", required=True, help="folder to write")
-    p.add_argument("--model", help="registry name for a plain weights file")
-    p.set_defaults(func=export_main)
-    return p
-
-
-def export_main(args: argparse.Namespace) -> int:
-    from .eval.cli import load_for_eval
-
-    try:
-        model, _, _ = load_for_eval(args.checkpoint, args.model)
-        out = export(model, args.output, args.format)
-    except (ValueError, KeyError) as e:  # ExportError included
-        print(f"clipa export: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    how = (f'open_clip.create_model_and_transforms("local-dir:{out}")' if args.format == "openclip"
-           else f'transformers.CLIPModel.from_pretrained("{out}")')
-    print(f"wrote {out}; load with {how}")
-    return 0

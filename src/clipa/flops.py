@@ -21,11 +21,9 @@ patch embedding, so the embedding always runs over the whole grid.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from .config import ModelConfig, TextConfig, VisionConfig
-from .models.registry import get_model_config, list_models
 
 
 @dataclass(frozen=True)
@@ -89,41 +87,3 @@ def pair_flops(cfg: ModelConfig, image_size: int | None = None, image_patches: i
     img, patch, img_tokens = image_flops(cfg.vision, cfg.embed_dim, image_size, image_patches)
     txt, txt_tokens = text_flops(cfg.text, cfg.embed_dim, text_length)
     return PairFlops(img, txt, patch, img_tokens, txt_tokens)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_flops_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "flops", help="analytic GFLOPs per image-text pair (forward and training step)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    p.add_argument("model", help=f"registered model name ({', '.join(list_models())})")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the model's)")
-    p.add_argument("--image-keep", type=float, default=1.0,
-                   help="fraction of image patches kept by masking (default 1.0)")
-    p.add_argument("--text-length", type=int, default=None,
-                   help="text tokens (default: the model's context length)")
-    p.set_defaults(func=flops_main)
-    return p
-
-
-def flops_main(args: argparse.Namespace) -> int:
-    cfg = get_model_config(args.model)
-    size = args.image_size or cfg.vision.image_size
-    grid = size // cfg.vision.patch_size
-    f = pair_flops(cfg, size, kept_patches(grid * grid, args.image_keep), args.text_length)
-    rows = [
-        ("image", f.image, 3 * f.image - f.patch_embed),
-        ("text", f.text, 3 * f.text),
-        ("total", f.forward, f.train_step),
-    ]
-    print(f"{args.model}: image {size} px, {f.image_tokens} image tokens "
-          f"({f.image_tokens - 1} of {grid * grid} patches + class), {f.text_tokens} text tokens")
-    print(f"{'GFLOPs':<8}{'forward':>12}{'train step':>14}")
-    for name, fwd, step in rows:
-        print(f"{name:<8}{fwd / 1e9:>12,.2f}{step / 1e9:>14,.2f}")
-    print("(multiply-add = 2 FLOPs; matmuls and attention only; train step = 3x forward "
-          "less the patch embedding's input gradient)")
-    return 0

@@ -9,11 +9,9 @@ FLOP count (about 0.27), priced at the paper's A100-80GB rate ($12,247 / 7,776 G
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
-from .config import RunConfig, load_config
+from .config import RunConfig
 from .flops import pair_flops
 from .models.registry import get_model_config
 from .reduction.image import num_seen, stage_image_size
@@ -90,28 +88,3 @@ def format_plan(plans: list[StagePlan]) -> str:
 
     rule = "-" * len(line(head))
     return "\n".join([line(head), rule, *map(line, rows), rule, line(total)])
-
-
-def add_plan_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("plan", help="compute, accelerator-hours and cost of a recipe, per stage",
-                              description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("recipe", help="a run config YAML, e.g. configs/clipa_v2_h14_dc1b_84_224.yaml")
-    p.add_argument("--accelerator-tflops", type=float, default=A100_BF16_TFLOPS,
-                   help=f"peak dense TFLOP/s of one accelerator (default {A100_BF16_TFLOPS:g}: A100 bf16)")
-    p.add_argument("--mfu", type=float, default=CLIPA_V2_MFU,
-                   help=f"model FLOPs utilisation (default {CLIPA_V2_MFU:g}, what CLIPA-v2's H/14 implies)")
-    p.add_argument("--usd-per-hour", type=float, default=CLIPA_V2_USD_PER_GPU_HOUR,
-                   help=f"price of one accelerator-hour (default {CLIPA_V2_USD_PER_GPU_HOUR:.3f})")
-    p.set_defaults(func=plan_main)
-    return p
-
-
-def plan_main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe)
-    plans = plan_run(cfg, args.accelerator_tflops, args.mfu, args.usd_per_hour)
-    print(f"{Path(args.recipe).name}: {cfg.model}, {args.accelerator_tflops:g} TFLOP/s x MFU "
-          f"{args.mfu:g}, ${args.usd_per_hour:.3f}/hour")
-    print(format_plan(plans))
-    print("(training step = forward + backward, multiply-add = 2 FLOPs; tokens/pair = image + text "
-          "sequence lengths after resizing and masking)")
-    return 0

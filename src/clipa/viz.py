@@ -10,7 +10,6 @@ from the same functions training uses (``keep_indices``, ``token_positions``, ``
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -157,26 +156,3 @@ def show_masks(
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.crop((0, 0, width, y + PAD if lines else height)).save(out)
     return out
-
-
-def add_show_masks_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("show-masks", help="draw the patches and words each token reduction "
-                              "rule keeps", description=__doc__.split("\n\n")[1])
-    p.add_argument("image", help="an image file")
-    p.add_argument("--out", default="masks.png", help="output PNG (default masks.png)")
-    p.add_argument("--ratio", type=float, default=0.75,
-                   help="fraction of patches removed (default 0.75; grid always keeps 1 per 2x2)")
-    p.add_argument("--caption", default=None, help="a caption to cut with each text rule")
-    p.add_argument("--text-length", type=int, default=8, help="text tokens incl. start/end (8)")
-    p.add_argument("--model", default="ViT-B-16", help="model whose grid and tokenizer to use")
-    p.add_argument("--tagger", default="builtin", choices=("builtin", "nltk"))
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_main)
-    return p
-
-
-def _main(args: argparse.Namespace) -> int:
-    out = show_masks(args.image, args.out, args.ratio, args.caption, args.text_length, args.model,
-                     args.tagger, args.seed)
-    print(f"wrote {out}")
-    return 0

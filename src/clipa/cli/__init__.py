@@ -1,8 +1,9 @@
-"""`clipa train | eval | flops | plan | show-masks | data | export`.
+"""`clipa train | eval | export | flops | plan | show-masks | data`.
 
-Each subcommand's arguments live next to the code that runs it; this file only
-collects them. Experiments are configured by YAML files plus ``key.sub=value``
-overrides, not by flags.
+Every subcommand is one module of this package with the same two functions:
+``add_parser(subparsers)`` declares its arguments and ``run(args) -> int`` does the work by
+calling the library. This file only collects them and turns a user's mistake into one line.
+Experiments are configured by YAML files plus ``key.sub=value`` overrides, not by flags.
 """
 
 from __future__ import annotations
@@ -10,61 +11,48 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import data, export, flops, plan, show_masks, train
+from . import eval as evaluate
 
-def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train.trainer import Trainer
+SUBCOMMANDS = (train, evaluate, export, flops, plan, show_masks, data)
 
-    config = args.config
-    overrides = list(args.overrides)
-    if config is not None and "=" in config:  # `clipa train key=value ...` without a file
-        overrides.insert(0, config)
-        config = None
-    cfg = load_config(config, overrides)
-    results = Trainer(cfg).fit()
-    final = [r for r in results if "acc1" in r]
-    if final:
-        print(f"zero-shot top-1: {100 * final[-1]['acc1']:.1f}%")
-    return 0
+# Mistakes in what the user gave (a config key, a path, a model name, an unusable file): one line
+# naming it and exit status 2, as argparse does for a bad flag. ValueError covers the library's
+# ConfigError and ExportError; KeyError an unknown registry name.
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a CLIP model (default: a small CLIP on the built-in digits)")
-    p.add_argument("config", nargs="?", help="a run config YAML (see configs/); omitted = built-in default")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. stage.lr=1e-3 train.seed=1")
-    p.set_defaults(func=_train)
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on a subcommand and its own subcommands, so it may follow the arguments too."""
+    # SUPPRESS: a subcommand that does not see the flag leaves the global one as it was.
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.tools import add_data_subcommands
-    from .eval.cli import add_eval_subcommand
-    from .export import add_export_subcommand
-    from .flops import add_flops_subcommand
-    from .plan import add_plan_subcommand
-    from .viz import add_show_masks_subcommand
-
     parser = argparse.ArgumentParser(prog="clipa", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    add_eval_subcommand(sub)
-    add_export_subcommand(sub)
-    add_flops_subcommand(sub)
-    add_plan_subcommand(sub)
-    add_show_masks_subcommand(sub)
-    add_data_subcommands(sub)
+    for command in SUBCOMMANDS:
+        _add_debug(command.add_parser(sub))
     return parser
+
+
+def error_message(e: BaseException) -> str:
+    """One line: a KeyError's message without the quotes ``str()`` adds, newlines folded."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
+    return " ".join(text.split("\n"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-
     try:
         return args.func(args) or 0
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"clipa: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"clipa: error: {error_message(e)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

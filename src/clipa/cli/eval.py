@@ -11,11 +11,14 @@ from typing import Any
 
 import torch
 
-from .datasets import IMAGENET_VARIANTS, eval_transform, imagenet_set
-from .runner import TASKS, default_task, evaluate_set, format_table, open_data, result_record, write_result
+from ..eval.datasets import IMAGENET_VARIANTS, eval_transform, imagenet_set
+from ..eval.runner import TASKS, default_task, evaluate_set, format_table, open_data, result_record, write_result
+from ..tokenizer import tokenizer_for
+from ..train.evaluate import evaluate_during_training
+from .checkpoint_arg import load_model_arg
 
 
-def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval", help="evaluate a checkpoint: zero-shot, retrieval or linear probe",
         description="Evaluate a clipa checkpoint folder, or an OpenCLIP weights file given with --model. "
@@ -34,7 +37,7 @@ def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Argu
     for variant in IMAGENET_VARIANTS:
         p.add_argument(f"--{variant}", metavar="DIR", dest=variant.replace("-", "_"),
                        help=f"local {variant} folder (ImageNet class names and the 80 OpenAI templates)")
-    p.add_argument("--output", help="results JSON; with several data sets or tasks, '{dataset}' and '{task}' "
+    p.add_argument("--output", "-o", help="results JSON; with several data sets or tasks, '{dataset}' and '{task}' "
                                     "in the name are filled in, else they are appended to it")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
@@ -44,23 +47,8 @@ def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=eval_main)
+    p.set_defaults(func=run)
     return p
-
-
-def load_for_eval(checkpoint: str | Path, model_name: str | None = None) -> tuple[Any, str, Any]:
-    """(model in eval mode, its name, the run config or None) from a clipa checkpoint or a weights file."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if model_name is not None:
-        from ..models import create_model
-        return create_model(model_name, pretrained=path).eval(), model_name, None
-    if path.is_file():
-        raise ValueError(f"{path} is a weights file: name its architecture with --model (e.g. --model ViT-B-32)")
-    from ..train.checkpoint import load_model
-    model, run_cfg = load_model(path)  # already in eval mode
-    return model, run_cfg.model, run_cfg
 
 
 def default_evaluation(model: Any, run_cfg: Any, device: str) -> tuple[str, str, dict[str, float]]:
@@ -68,7 +56,6 @@ def default_evaluation(model: Any, run_cfg: Any, device: str) -> tuple[str, str,
     for a digits run, else its ``eval.data``)."""
     if run_cfg is None:
         raise ValueError("nothing to evaluate: give --data DIR or an ImageNet folder (e.g. --imagenet-val DIR)")
-    from ..train.evaluate import evaluate_during_training
     metrics = evaluate_during_training(model, run_cfg, torch.device(device))
     if not metrics:
         raise ValueError("this run has no built-in evaluation (not trained on digits, no eval.data): "
@@ -90,22 +77,12 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def eval_main(args: argparse.Namespace) -> int:
-    try:
-        return _evaluate(args)
-    except (ValueError, KeyError) as e:  # bad arguments or data: one line, no traceback
-        print(f"clipa eval: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-
-
-def _evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, model_name, run_cfg = load_for_eval(args.checkpoint, args.model)
+    model, model_name, run_cfg = load_model_arg(args.checkpoint, args.model)
     model.to(device)
-    from ..tokenizer import tokenizer_for
-
     tokenizer = tokenizer_for(model)
     size = model.visual.cfg.image_size
     show = not args.no_progress

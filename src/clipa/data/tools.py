@@ -7,7 +7,6 @@ training would skip, and ``convert`` writes only samples training can use.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -134,42 +133,3 @@ def inspect(source: str, grid: str | Path | None = None, grid_samples: int = 16,
         _grid(shown, Path(grid))
         report["grid"] = str(grid)
     return report
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """``clipa data convert | inspect``."""
-    data = subparsers.add_parser("data", help="convert and inspect training data")
-    sub = data.add_subparsers(dest="data_command", required=True)
-
-    def table_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--image-key", default="filepath", help="CSV column with image paths")
-        p.add_argument("--caption-key", default="title", help="CSV column with captions")
-        p.add_argument("--separator", default=",", help="CSV separator (.tsv files always use a tab)")
-
-    p = sub.add_parser("convert", help="write webdataset shards and sizes.json from a folder or CSV/TSV")
-    p.add_argument("source", help="a folder with a captions file, a CSV/TSV file, or shards to re-shard")
-    p.add_argument("output", help="folder for 00000.tar, 00001.tar, ... and sizes.json")
-    p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
-    table_options(p)
-    p.set_defaults(func=run_data_command)
-
-    p = sub.add_parser("inspect", help="counts, skipped samples, caption lengths and a grid of samples")
-    p.add_argument("source", help="shards (brace patterns, '::' joins), a CSV/TSV or a folder")
-    p.add_argument("--grid", help="write a PNG grid of sample images with their captions here")
-    p.add_argument("--grid-samples", type=int, default=16)
-    p.add_argument("--max-samples", type=int, help="stop after this many samples")
-    table_options(p)
-    p.set_defaults(func=run_data_command)
-
-
-def run_data_command(args: argparse.Namespace) -> int:
-    table = {"image_key": args.image_key, "caption_key": args.caption_key, "separator": args.separator}
-    if args.data_command == "convert":
-        report = convert(args.source, args.output, args.shard_size, **table)
-    else:
-        report = inspect(args.source, args.grid, args.grid_samples, args.max_samples, **table)
-    print(json.dumps(report, indent=1))
-    return 0
