@@ -358,7 +358,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
-        if value in args and isinstance(value, str):
+        if isinstance(value, bool) and "on" in args:  # YAML 1.1 reads on/off (and yes/no) as booleans
+            value = "on" if value else "off"
+        if isinstance(value, str) and value in args:
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(args)}")
     if origin in (typing.Union, types.UnionType):
@@ -384,9 +386,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
-        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        # items are named as overrides name them: stages.0.lr
+        out = [_coerce(v, item, f"{key}.{i}") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
