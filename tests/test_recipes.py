@@ -4,6 +4,7 @@ is its ``*_224`` one plus one stage."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,14 @@ def test_published_stages_state_their_learning_rate_scaling():
             continue
         for stage in load_config(path).stages:
             assert stage.lr_per_256 in published, (path.name, stage.name)
+
+
+def test_every_cited_reference_anchor_exists():
+    """Every citation of a docs/reference.md section (by its anchor) names a real one."""
+    root = CONFIGS.parent
+    anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', (root / "docs" / "reference.md").read_text()))
+    files = [p for d in ("configs", "src", "tests", "docs", "benchmarks") for p in (root / d).rglob("*")
+             if p.suffix in (".py", ".yaml", ".md")] + [root / "README.md"]
+    cited = {(p.name, a) for p in files for a in re.findall(r"reference\.md#([a-z0-9-]+)", p.read_text())}
+    assert cited, "the recipes cite docs/reference.md"
+    assert {c for c in cited if c[1] not in anchors} == set()
