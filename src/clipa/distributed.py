@@ -1,13 +1,12 @@
-"""Everything the training loop needs to know about processes: who am I, how is the
-model wrapped, how are gradients synchronised, how is the loss shared, how are
-checkpoints written and read.
+"""Everything the training loop needs to know about processes: who am I, on which device,
+how is the model wrapped, how are gradients synchronised.
 
 A plain ``python`` run is one process and takes the trivial path of every function here.
 Under ``torchrun`` (or ``srun torchrun``) each process trains on its share of the global
 batch: ``train.parallel=ddp`` replicates the model and averages gradients,
 ``train.parallel=fsdp`` shards parameters, gradients and optimizer state with FSDP2
-(``fully_shard`` per transformer block and at the root). The loss gathers every rank's
-embeddings with gradient, so both compute the single-process global-batch gradient.
+(``fully_shard`` per transformer block and at the root). The loss across ranks lives in
+``loss.global_loss``; checkpoints of either kind in ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -15,22 +14,17 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .bigbatch import temperature_params
 from .config import TrainConfig
-from .loss import clamp_logit_scale, clip_loss, sigmoid_loss, tiled_clip_loss
-from .train import checkpoint as ckpt
+from .models import CLIP, load_weights
 
 # Rank 0 may evaluate (or write a checkpoint) while the other ranks wait in their next
 # collective; NCCL's default 10-minute timeout is too short for a large zero-shot sweep.
@@ -39,6 +33,8 @@ _TIMEOUT = timedelta(hours=2)
 
 @dataclass
 class DistInfo:
+    """This process's place in the run; the defaults are a plain one-process run."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -49,27 +45,36 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join torchrun's process group (NCCL on GPU, gloo on CPU); a plain run is one process.
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` / ``--device`` as a device: "auto" is the GPU when there is one;
+    asking for CUDA without one is an error before any work starts."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} asked for, but no CUDA device is available")
+    return torch.device(name)
 
-    ``device`` is ``train.device``: "auto" uses this node's GPU ``LOCAL_RANK`` if there is one.
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join torchrun's process group (NCCL on GPU, gloo on CPU); a plain run is one process
+    on ``resolve_device(device)``. Under torchrun each process takes this node's GPU
+    ``LOCAL_RANK`` (when the device resolves to CUDA).
     """
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return DistInfo()
+        return DistInfo(device=dev)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = dev.type == "cuda"
     if cuda:
         if local >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs on this node")
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=_TIMEOUT,
                                 device_id=dev if cuda else None)
-        atexit.register(_shutdown)
+        atexit.register(shutdown)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
@@ -80,17 +85,25 @@ def local_batch_size(global_batch: int, info: DistInfo) -> int:
     return global_batch // info.world_size
 
 
-def _shutdown() -> None:
+def shutdown() -> None:
+    """Leave the process group (registered at exit; tests call it between runs)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _barrier(info: DistInfo) -> None:
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (a no-op in one process)."""
     if info.world_size > 1:
         dist.barrier(device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 
 # ----------------------------------------------------------------------------- wrapping
+
+
+def temperature_params(model: nn.Module) -> list[nn.Parameter]:
+    """The loss's own parameters after the embeddings: ``logit_scale`` (and ``logit_bias``)."""
+    bias = getattr(model, "logit_bias", None)
+    return [model.logit_scale] + ([bias] if bias is not None else [])
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -108,7 +121,7 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
     if info.world_size == 1:
         return model
     if is_sharded(model):
-        raise RuntimeError("the model is already sharded: pass parallel.full_model(...) to wrap_model")
+        raise RuntimeError("the model is already sharded: pass distributed.full_model(...) to wrap_model")
     if cfg.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -162,12 +175,10 @@ def full_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Modul
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from .models import CLIP
-
     sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
     with torch.device(info.device):
         plain = CLIP(model.cfg)
-    ckpt.load_weights(plain, sd)
+    load_weights(plain, sd)
     plain.visual.generator = model.visual.generator
     plain.visual.reduction = model.visual.reduction
     return plain.train(model.training)
@@ -213,203 +224,3 @@ def clip_grad_norm(wrapped: nn.Module, max_norm: float) -> torch.Tensor:
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-# ----------------------------------------------------------------------------- loss across ranks
-
-
-# torch 2.14 renamed these; the old names remain for torch >= 2.6
-_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
-_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All ranks' rows in rank order; the backward sums every rank's gradient for this
-    rank's rows (each rank's loss depends on all rows) and keeps this rank's block."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
-        _all_gather(out, x.contiguous())
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
-        _reduce_scatter(out, grad.contiguous())
-        return out
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(x)
-
-
-def _local_clip_loss(img, txt, all_img, all_txt, logit_scale, offset):
-    scale = clamp_logit_scale(logit_scale).exp()
-    labels = torch.arange(img.shape[0], device=img.device) + offset
-    return (F.cross_entropy(scale * img @ all_txt.T, labels) + F.cross_entropy(scale * txt @ all_img.T, labels)) / 2
-
-
-def _local_sigmoid_loss(img, txt, all_img, all_txt, logit_scale, logit_bias, offset):
-    return sigmoid_loss(img, txt, logit_scale, logit_bias, all_txt=all_txt, offset=offset)
-
-
-def loss_across_ranks(loss_fn: Callable[..., torch.Tensor], info: DistInfo) -> Callable[..., torch.Tensor]:
-    """``loss_fn`` (``clip_loss``, ``tiled_clip_loss`` or ``sigmoid_loss``, or a partial of one)
-    on the global batch when each rank holds ``B_local`` rows.
-
-    Each rank gathers all embeddings with gradient and takes its own rows against every
-    column, targets offset by ``rank * B_local``. Gradient averaging (DDP / FSDP) of these
-    local losses gives exactly the global loss's gradient. The value returned is the global
-    loss (the mean over ranks, added without gradient), so every rank logs the same number
-    and agrees on skipping a non-finite step.
-    """
-    if info.world_size == 1:
-        return loss_fn
-    fn, kw = (loss_fn.func, loss_fn.keywords) if isinstance(loss_fn, functools.partial) else (loss_fn, {})
-    if fn is clip_loss:
-        local = _local_clip_loss
-    elif fn is tiled_clip_loss:
-        def local(img, txt, all_img, all_txt, t, offset):
-            return tiled_clip_loss(img, txt, t, all_img=all_img, all_txt=all_txt, offset=offset, **kw)
-    elif fn is sigmoid_loss:
-        local = _local_sigmoid_loss
-    else:
-        raise ValueError(f"no cross-rank form of the loss {loss_fn!r}")
-
-    def across(img: torch.Tensor, txt: torch.Tensor, *temps: torch.Tensor) -> torch.Tensor:
-        loss = local(img, txt, gather_with_grad(img), gather_with_grad(txt), *temps, offset=info.rank * img.shape[0])
-        mean = loss.detach().clone()
-        dist.all_reduce(mean)
-        return loss + (mean / info.world_size - loss.detach())
-
-    return across
-
-
-# ----------------------------------------------------------------------------- checkpoints
-#
-# Single process and ddp: rank 0 writes the usual safetensors checkpoint. fsdp: every rank
-# writes its shards of the model and optimizer with torch.distributed.checkpoint into
-# ``sharded/`` and rank 0 adds state.json; ``checkpoint.load_model`` and ``read_checkpoint``
-# read the sharded model whole, and ``consolidate`` turns it into ``model.safetensors``.
-# Either way each rank's RNG state and data-loader position are kept, so a resume under
-# the same number of processes continues every rank exactly.
-
-
-def save_checkpoint(root: Path, step: int, wrapped: nn.Module, model: nn.Module, optimizer,
-                    state: dict, rng: dict, info: DistInfo) -> None:
-    if info.world_size == 1:
-        ckpt.save_checkpoint(root, step, model.state_dict(), optimizer.state_dict(), state, rng)
-        return
-    per_rank: list[Any] = [None] * info.world_size
-    dist.all_gather_object(per_rank, {"rng": rng, "loader": state.get("loader")})
-    state = {**state, "world_size": info.world_size, "loader_ranks": [p["loader"] for p in per_rank]}
-    rngs = {f"rank{r}.{k}" if r else k: v for r, p in enumerate(per_rank) for k, v in p["rng"].items()}
-    if not is_sharded(wrapped):
-        if info.is_main:
-            ckpt.save_checkpoint(root, step, model.state_dict(), optimizer.state_dict(), state, rngs)
-        _barrier(info)
-        return
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    shards = Path(root) / f".tmp-{ckpt.SHARDED_DIR}-step_{step:08d}"
-    dcp.save({"model": get_model_state_dict(wrapped), "optimizer": get_optimizer_state_dict(wrapped, optimizer)},
-             checkpoint_id=shards)
-    if info.is_main:
-        ckpt.save_checkpoint(root, step, None, None, state, rngs,
-                             write_extra=lambda tmp: os.replace(shards, tmp / ckpt.SHARDED_DIR))
-    _barrier(info)
-
-
-def read_checkpoint(path: str | Path, info: DistInfo) -> dict[str, Any]:
-    """``checkpoint.read_checkpoint`` with this rank's own RNG state and loader position
-    (those of rank 0 when the checkpoint was written by one process; a rank the
-    checkpoint has no state for keeps its fresh seeds)."""
-    out = ckpt.read_checkpoint(path)
-    out["path"] = Path(path)
-    st = out["state"]
-    saved_world = st.get("world_size", 1)
-    if saved_world > 1 and saved_world == info.world_size:
-        st["loader"] = st["loader_ranks"][info.rank]
-    if "rng" in out:
-        prefix = f"rank{info.rank}." if info.rank else ""  # rank 0's keys have no prefix (and no dot)
-        mine = {k[len(prefix):]: v for k, v in out["rng"].items()
-                if k.startswith(prefix) and "." not in k[len(prefix):]}
-        if mine and (info.rank == 0 or saved_world == info.world_size):
-            out["rng"] = mine
-        else:
-            del out["rng"]
-    return out
-
-
-def load_optimizer(restored: dict, wrapped: nn.Module, optimizer, info: DistInfo) -> None:
-    """Restore the optimizer state of a checkpoint written by any number of ranks, sharded
-    or not, into this run's (possibly sharded) optimizer."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    path = restored.get("path")
-    if path is not None and (path / ckpt.SHARDED_DIR).is_dir():
-        osd = get_optimizer_state_dict(wrapped, optimizer)
-        _dcp_load({"optimizer": osd}, path / ckpt.SHARDED_DIR, no_dist=info.world_size == 1)
-        set_optimizer_state_dict(wrapped, optimizer, osd)
-    elif "optimizer" in restored:
-        if is_sharded(wrapped):
-            full = _by_name(restored["optimizer"], wrapped, optimizer)
-            set_optimizer_state_dict(wrapped, optimizer, full, options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(restored["optimizer"])
-
-
-def _by_name(osd: dict, model: nn.Module, optimizer) -> dict:
-    """A ``optimizer.state_dict()`` (parameters numbered in param-group order) keyed by name."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-    groups, i = [], 0
-    for saved in osd["param_groups"]:
-        groups.append({**saved, "params": order[i:i + len(saved["params"])]})
-        i += len(saved["params"])
-    return {"state": {order[int(k)]: v for k, v in osd["state"].items()}, "param_groups": groups}
-
-
-def read_sharded_model(shards: str | Path) -> dict[str, torch.Tensor]:
-    """The whole model state dict from a ``sharded/`` folder, in one process, on CPU."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    meta = dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata
-    sd = {
-        k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype)
-        for k, m in meta.items()
-        if k.startswith("model.") and isinstance(m, TensorStorageMetadata)
-    }
-    _dcp_load({"model": sd}, shards, no_dist=True)
-    return sd
-
-
-def _dcp_load(state: dict, shards: str | Path, no_dist: bool) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    with warnings.catch_warnings():  # it warns about no_dist even when asked for it
-        warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(shards), no_dist=no_dist)
-
-
-def consolidate(path: str | Path) -> Path:
-    """Write ``model.safetensors`` into a sharded (fsdp) checkpoint folder, so that it loads
-    anywhere as a single-process checkpoint (the optimizer stays sharded; resuming reads it
-    under any number of processes). Returns the file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if not (path / ckpt.SHARDED_DIR).is_dir():
-        raise FileNotFoundError(f"{path} has no {ckpt.SHARDED_DIR}/ folder: not a sharded checkpoint")
-    out = path / "model.safetensors"
-    tmp = path / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in read_sharded_model(path / ckpt.SHARDED_DIR).items()}, str(tmp))
-    os.replace(tmp, out)
-    return out
