@@ -14,7 +14,7 @@ import torch.distributed.checkpoint as dcp
 
 import clipa
 from clipa import checkpoint as ckpt
-from clipa.config import load_config, to_dict
+from clipa.config import ConfigError, load_config, to_dict
 from clipa.distributed import DistInfo
 
 TINY = ["model_overrides={embed_dim: 16, vision: {image_size: 16, patch_size: 4, width: 32, layers: 1, "
@@ -114,7 +114,7 @@ def test_resume_setting(run, tmp_path):
     assert ckpt.resume_from(str(root), tmp_path) == steps / "step_00000005"
     with pytest.raises(FileNotFoundError, match="train.resume="):
         ckpt.resume_from(str(tmp_path / "nope"), steps)
-    with pytest.raises(ValueError, match="weights file"):
+    with pytest.raises(ConfigError, match="weights file"):
         ckpt.resume_from(str(steps / "step_00000003" / "model.safetensors"), steps)
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, from_dict
+from .config import ConfigError, RunConfig, from_dict
 from .distributed import DistInfo, barrier, is_sharded
 from .models import CLIP, adapt_state_dict, load_weights
 from .models import create_model as build_model
@@ -111,7 +111,7 @@ def resume_from(setting: str | None, checkpoints: Path) -> Path | None:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"train.resume={setting}: {e}") from None
     if not found.is_step:
-        raise ValueError(f"train.resume={setting} is a weights file, not a clipa checkpoint: "
+        raise ConfigError(f"train.resume={setting} is a weights file, not a clipa checkpoint: "
                          "start from it with pretrained= instead")
     return found.path
 
