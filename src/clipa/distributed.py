@@ -51,7 +51,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} asked for, but no CUDA device is available")
+        raise ValueError(f"device {name} asked for, but no CUDA device is available")
     return torch.device(name)
 
 
