@@ -1,0 +1,342 @@
+"""Evaluation data sets: CLIP_benchmark's local webdataset layout, image folders, caption shards
+and the ImageNet family, each as an ``EvalSet`` whose batches are ``(images, labels)`` or
+``(images, captions per image)``.
+
+Shards are read by the training reader (:meth:`Source.read`, :func:`decode_sample`), so a
+corrupt or truncated image, a decompression bomb or a corrupt tar header costs exactly the
+samples it damages, each counted by its reason in a :class:`Tally` and logged; nothing shortens
+an evaluation silently. Images go through :func:`build_eval_transform` (OpenCLIP's evaluation
+transform), so a model sees exactly what it would see under OpenCLIP and CLIP_benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import braceexpand
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from . import imagenet
+from .samples import BadSample, DecodeOptions, captions_of, decode_sample, describe, label_of
+from .sources import Shard, Source
+from .tar import ShardError
+
+log = logging.getLogger("clipa.data")
+
+_IMAGE_FILES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
+_LOG_FIRST = 5  # skipped samples logged in full per reason; the rest are only counted
+# Images are decoded as stored: the evaluation transform converts to RGB after cropping, as OpenCLIP.
+_DECODE = DecodeOptions(mode=None)
+
+
+@dataclass
+class EvalSet:
+    """A data set ready to evaluate."""
+
+    name: str
+    kind: Literal["classification", "retrieval"]
+    dataset: Dataset | IterableDataset
+    classnames: list[str] | None = None
+    templates: list[Any] | None = None
+    size: int | None = None  # number of samples, when known (progress bars)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that could not be evaluated, in place of it in a batch."""
+
+    reason: str  # a key of clipa.data.samples.REASONS
+    where: str
+
+
+def _evaluated(raw: dict, target: Callable[[dict], Any], transform: Callable) -> tuple[torch.Tensor, Any] | Skipped:
+    """(image tensor, label or captions) of a raw sample, or why it is skipped."""
+    try:
+        found, image = decode_sample(raw, _DECODE, target)
+    except BadSample as e:
+        return Skipped(e.reason, f"{raw.get('__url__', '')} {raw['__key__']}: {e}")
+    return transform(image), found
+
+
+_TARGETS: dict[str, Callable[[dict], Any]] = {"cls": label_of, "captions": partial(captions_of, lines=True)}
+
+
+# ----------------------------------------------------------------------------- webdataset shards
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def shard_quotas(num_shards: int, max_samples: int | None) -> list[int | None]:
+    """How many samples each shard gives: all, or ``max_samples`` spread evenly over the shards
+    (so a slice of a class-sorted set such as CIFAR-10's covers every class)."""
+    if max_samples is None:
+        return [None] * num_shards
+    return [max_samples // num_shards + (i < max_samples % num_shards) for i in range(num_shards)]
+
+
+class ShardSet(IterableDataset):
+    """Shards read in order; with DataLoader workers, each worker takes every n-th shard."""
+
+    def __init__(self, shards: Sequence[str | Path], transform: Callable, target: Literal["cls", "captions"],
+                 max_samples: int | None = None):
+        self.source = Source(" ".join(map(str, shards)), [Shard(str(s)) for s in shards])
+        self.transform = transform
+        self.target = target
+        self.quotas = shard_quotas(len(self.source.shards), max_samples)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any] | Skipped]:
+        info = get_worker_info()
+        picked = list(enumerate(self.quotas))
+        if info is not None:
+            picked = picked[info.id::info.num_workers]
+        for shard_id, quota in picked:
+            try:
+                for _, raw in self.source.read(shard_id, stop=quota):
+                    yield _evaluated(raw, _TARGETS[self.target], self.transform)
+            except ShardError as e:  # truncated or unreadable: the rest of the shard is lost, and counted
+                yield Skipped(e.reason, str(e))
+
+    def count(self) -> int:
+        """Samples the set yields, skipped ones included, from the tar headers alone (payloads
+        are skipped); for progress bars."""
+        return sum(self._groups_in(shard_id, quota) for shard_id, quota in enumerate(self.quotas))
+
+    def _groups_in(self, shard_id: int, quota: int | None) -> int:
+        last = -1
+
+        def seen(index: int) -> bool:
+            nonlocal last
+            last = index
+            return False
+
+        with contextlib.suppress(ShardError):  # the group in progress stands for the lost rest
+            for _ in self.source.read(shard_id, seen, quota):
+                pass
+        return last + 1
+
+
+def _shards_in(folder: Path) -> list[Path]:
+    nshards = folder / "nshards.txt"
+    if nshards.exists():
+        return [folder / f"{i}.tar" for i in range(int(nshards.read_text().strip()))]
+    return sorted(folder.glob("*.tar"), key=_natural_key)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def clip_benchmark_set(root: str | Path, split: str = "test", transform: Callable | None = None,
+                       max_samples: int | None = None, name: str | None = None) -> EvalSet:
+    """CLIP_benchmark's local layout: ``root/split/{0..N-1}.tar``, ``classnames.txt``,
+    ``zeroshot_classification_templates.txt``, optional ``dataset_type.txt`` ("retrieval")."""
+    root = Path(root)
+    shards = _shards_in(root / split)
+    if not shards:
+        raise FileNotFoundError(f"no shards in {root / split}")
+    kind_file = root / "dataset_type.txt"
+    retrieval = kind_file.exists() and kind_file.read_text().strip().lower() == "retrieval"
+    name = name or root.name
+    if retrieval:
+        return EvalSet(name, "retrieval", ShardSet(shards, transform, "captions", max_samples))
+    classnames_file = root / "classnames.txt"
+    if not classnames_file.exists():
+        raise FileNotFoundError(f"{classnames_file} is missing (one class name per line, line i = class i)")
+    templates_file = root / "zeroshot_classification_templates.txt"
+    templates = _read_lines(templates_file) if templates_file.exists() else list(imagenet.OPENAI_IMAGENET_TEMPLATES)
+    dataset = ShardSet(shards, transform, "cls", max_samples)
+    return EvalSet(name, "classification", dataset, _read_lines(classnames_file), templates, dataset.count())
+
+
+def caption_shards_set(data: str | Path, transform: Callable | None = None,
+                       max_samples: int | None = None, name: str | None = None) -> EvalSet:
+    """Retrieval on webdataset shards whose samples carry several captions (``.json`` or ``.txt``
+    lines): a ``.tar`` file, a brace pattern ``dir/test-{0..3}.tar``, or a folder of shards."""
+    data = str(data)
+    path = Path(data)
+    shards = _shards_in(path) if path.is_dir() else [Path(s) for s in braceexpand.braceexpand(data)]
+    missing = [s for s in shards if not s.exists()]
+    if not shards or missing:
+        raise FileNotFoundError(f"no retrieval shards at {data}" + (f" (missing {missing[0]})" if missing else ""))
+    if name is None:  # "flickr8k-test-0" for flickr8k/test-0.tar, the folder's name for a folder
+        name = path.name if path.is_dir() else f"{path.parent.name}-{path.name.split('.')[0]}".strip("-{")
+    return EvalSet(name, "retrieval", ShardSet(shards, transform, "captions", max_samples))
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+class LabeledFiles(Dataset):
+    def __init__(self, items: list[tuple[Path, int]], transform: Callable):
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | Skipped:
+        path, label = self.items[i]
+        raw: dict = {"__key__": str(path)}
+        try:
+            raw["jpg"] = path.read_bytes()  # any image format: PIL reads the kind from the bytes
+        except OSError:
+            pass  # counted as missing_image
+        return _evaluated(raw, lambda _: label, self.transform)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_FILES)
+
+
+def _folder_items(root: Path, label_of: Callable[[str], int | None], max_samples: int | None) -> list:
+    items = [(f, label) for d in sorted(p for p in root.iterdir() if p.is_dir())
+             if (label := label_of(d.name)) is not None for f in _images_under(d)]
+    if not items:
+        raise FileNotFoundError(f"no labelled images under {root}")
+    return items[:max_samples] if max_samples is not None else items
+
+
+def image_folder_set(root: str | Path, classnames_file: str | Path, templates_file: str | Path | None = None,
+                     transform: Callable | None = None, max_samples: int | None = None,
+                     name: str | None = None) -> EvalSet:
+    """torchvision-style ``root/<class folder>/<image>``; line i of the class-name file names the
+    i-th class folder in sorted order."""
+    root = Path(root)
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classnames = _read_lines(Path(classnames_file))
+    if len(classnames) != len(folders):
+        raise ValueError(f"{classnames_file} has {len(classnames)} names for {len(folders)} class folders in {root}")
+    index = {f: i for i, f in enumerate(folders)}
+    templates = _read_lines(Path(templates_file)) if templates_file else list(imagenet.OPENAI_IMAGENET_TEMPLATES)
+    items = _folder_items(root, index.get, max_samples)
+    return EvalSet(name or root.name, "classification", LabeledFiles(items, transform),
+                   classnames, templates, len(items))
+
+
+IMAGENET_VARIANTS = ("imagenet-val", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r", "objectnet")
+
+
+def imagenet_set(variant: str, root: str | Path, transform: Callable | None = None,
+                 max_samples: int | None = None) -> EvalSet:
+    """ImageNet-1k validation and its robustness sets from local folders, with OpenAI's class
+    names and 80 templates. Folders are WordNet ids (val, Sketch, A, R), class indices (V2:
+    ``0``..``999``), or ObjectNet's release (``images/`` and ``mappings/``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{variant}: folder not found: {root}")
+    templates = list(imagenet.OPENAI_IMAGENET_TEMPLATES)
+    if variant == "objectnet":
+        return _objectnet_set(root, transform, templates, max_samples)
+    if variant in ("imagenet-a", "imagenet-r"):
+        subset = imagenet.IMAGENET_A_INDICES if variant == "imagenet-a" else imagenet.IMAGENET_R_INDICES
+        labels = {imagenet.IMAGENET_WNIDS[c]: j for j, c in enumerate(subset)}
+        classnames = [imagenet.IMAGENET_CLASSNAMES[c] for c in subset]
+    elif variant == "imagenet-v2":
+        labels = {str(i): i for i in range(1000)}
+        classnames = list(imagenet.IMAGENET_CLASSNAMES)
+    elif variant in ("imagenet-val", "imagenet-sketch"):
+        labels = {w: i for i, w in enumerate(imagenet.IMAGENET_WNIDS)}
+        classnames = list(imagenet.IMAGENET_CLASSNAMES)
+    else:
+        raise ValueError(f"unknown ImageNet variant {variant!r}; known: {', '.join(IMAGENET_VARIANTS)}")
+    items = _folder_items(root, labels.get, max_samples)
+    return EvalSet(variant, "classification", LabeledFiles(items, transform), classnames, templates, len(items))
+
+
+def _objectnet_set(root: Path, transform, templates, max_samples) -> EvalSet:
+    """The 113 ObjectNet classes that map to ImageNet, named by their ObjectNet labels
+    (lower case), as CLIP_benchmark and wise-ft evaluate it."""
+    base = root / "objectnet-1.0" if (root / "objectnet-1.0").is_dir() else root
+    mappings = base / "mappings" if (base / "mappings").is_dir() else root
+    folder_to_label = json.loads((mappings / "folder_to_objectnet_label.json").read_text())
+    to_imagenet = json.loads((mappings / "objectnet_to_imagenet_1k.json").read_text())
+    folders = sorted(f for f, label in folder_to_label.items() if label in to_imagenet)
+    index = {f: i for i, f in enumerate(folders)}
+    items = _folder_items(base / "images", index.get, max_samples)
+    classnames = [folder_to_label[f].lower() for f in folders]
+    return EvalSet("objectnet", "classification", LabeledFiles(items, transform), classnames, templates, len(items))
+
+
+def open_data(data: str | Path, image_size: int, split: str = "test", classnames: str | None = None,
+              templates: str | None = None, max_samples: int | None = None) -> EvalSet:
+    """Find out what ``data`` is: a CLIP_benchmark folder (``split/*.tar`` + ``classnames.txt``
+    or ``dataset_type.txt``), retrieval shards (a ``.tar``, a brace pattern, a folder of shards)
+    or an image folder (class sub-folders; needs ``classnames``)."""
+    from .transforms import build_eval_transform  # torchvision: imported when a set is opened
+
+    transform = build_eval_transform(image_size)
+    path = Path(data)
+    if path.is_dir():
+        if (path / split).is_dir() and any((path / split).glob("*.tar")):
+            return clip_benchmark_set(path, split, transform, max_samples)
+        if any(path.glob("*.tar")):
+            return caption_shards_set(path, transform, max_samples)
+        if classnames is None:
+            raise FileNotFoundError(f"{path} looks like an image folder; give its class names with --classnames FILE")
+        return image_folder_set(path, classnames, templates, transform, max_samples)
+    return caption_shards_set(data, transform, max_samples)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Tally:
+    """Samples scored and skipped (by reason) while a set is read: what a result reports."""
+
+    scored: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, sample: Skipped) -> None:
+        self.skipped[sample.reason] += 1
+        if (n := self.skipped[sample.reason]) <= _LOG_FIRST:
+            more = " (further ones counted, not logged)" if n == _LOG_FIRST else ""
+            log.warning("skipped %s: %s%s", sample.reason, sample.where, more)
+
+    def record(self) -> dict:
+        """``{"scored": n, "skipped": {reason: n, ...}}`` (reasons sorted; none: empty)."""
+        return {"scored": self.scored, "skipped": dict(sorted(self.skipped.items()))}
+
+    def __str__(self) -> str:
+        return f"{self.scored} samples scored, {sum(self.skipped.values())} skipped ({describe(self.skipped)})"
+
+
+def collate(batch: list) -> tuple[torch.Tensor, Any, list[Skipped]]:
+    """(images, labels or captions, skipped samples) of a batch; images may be empty."""
+    kept = [b for b in batch if not isinstance(b, Skipped)]
+    skipped = [b for b in batch if isinstance(b, Skipped)]
+    if not kept:
+        return torch.empty(0), [], skipped
+    images = torch.stack([b[0] for b in kept])  # [B, 3, S, S]
+    targets = [b[1] for b in kept]
+    return images, (torch.tensor(targets) if isinstance(targets[0], int) else targets), skipped
+
+
+def batches(evalset: EvalSet, batch_size: int = 256, workers: int = 0,
+            tally: Tally | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
+    """``(images, targets)`` in data order (no shuffling; workers split shards or indices);
+    skipped samples are left out of the batches and counted in ``tally``."""
+    tally = Tally() if tally is None else tally
+    loader = DataLoader(evalset.dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        shuffle=False, persistent_workers=False)
+    for images, targets, skipped in loader:
+        for sample in skipped:
+            tally.skip(sample)
+        if len(targets):
+            tally.scored += len(targets)
+            yield images, targets
+
+
+def num_batches(evalset: EvalSet, batch_size: int) -> int | None:
+    return None if evalset.size is None else -(-evalset.size // batch_size)
