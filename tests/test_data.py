@@ -392,16 +392,38 @@ def _pil(seed: int, size=(97, 61), mode="RGB") -> Image.Image:
     return Image.open(io.BytesIO(image_bytes(seed, "PNG", size))).convert(mode)
 
 
+def _real_photo() -> Image.Image | None:
+    """The first Flickr8k test photo from the shared data sets, when they are there."""
+    from conftest import SHARED
+
+    shard = SHARED / "flickr8k" / "test-0.tar"
+    if not shard.exists():
+        return None
+    with open(shard, "rb") as f:
+        _, first = next(iter_groups(f, lambda i: True, stop=1))
+    return Image.open(io.BytesIO(first["jpg"]))
+
+
 def test_transforms_match_openclip_pixel_for_pixel():
+    """The one evaluation transform equals OpenCLIP's exactly (tolerance 0) on every image mode
+    (palette images resize with nearest and RGBA ones with premultiplied alpha before the RGB
+    conversion, so converting first would differ); training matches to 1e-6 on RGB, greyscale and
+    opaque RGBA images (ToDtype scales by 1/255 where ToTensor divides)."""
     open_clip = pytest.importorskip("open_clip")
     from open_clip.transform import AugmentationCfg, image_transform
 
     ref_eval = image_transform(48, is_train=False)
     ref_train = image_transform(48, is_train=True, aug_cfg=AugmentationCfg(scale=(0.4, 1.0)))
     ours_train = build_train_transform(48, DataConfig())
-    for seed, mode in [(0, "RGB"), (1, "L"), (2, "RGBA")]:
-        image = _pil(seed, mode=mode)
-        torch.testing.assert_close(build_eval_transform(48)(image), ref_eval(image), atol=1e-6, rtol=0)
+    rgba = Image.fromarray(torch.randint(0, 256, (61, 97, 4), generator=torch.Generator().manual_seed(3),
+                                         dtype=torch.uint8).numpy(), "RGBA")  # alpha varies per pixel
+    images = [_pil(0), _pil(1, mode="L"), _pil(2, mode="RGBA"), _pil(4, mode="P"), _pil(5).quantize(16), rgba,
+              _pil(6, size=(20, 30))]  # smaller than the crop: upscaled
+    if (photo := _real_photo()) is not None:
+        images.append(photo)
+    for image in images:
+        torch.testing.assert_close(build_eval_transform(48)(image), ref_eval(image), atol=0, rtol=0)
+    for seed, image in enumerate(images[:3]):
         torch.manual_seed(seed)
         want = ref_train(image)
         torch.manual_seed(seed)
