@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,14 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from . import imagenet
-from .samples import BadSample, DecodeOptions, captions_of, decode_sample, describe, label_of
+from .samples import BadSample, DecodeOptions, captions_of, count_skip, decode_sample, describe, label_of
 from .sources import Shard, Source
 from .tar import ShardError
 
-log = logging.getLogger("clipa.data")
-
 _IMAGE_FILES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
-_LOG_FIRST = 5  # skipped samples logged in full per reason; the rest are only counted
 # Images are decoded as stored: the evaluation transform converts to RGB after cropping, as OpenCLIP.
 _DECODE = DecodeOptions(mode=None)
 
@@ -296,13 +291,7 @@ class Tally:
     """Samples scored and skipped (by reason) while a set is read: what a result reports."""
 
     scored: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-    def skip(self, sample: Skipped) -> None:
-        self.skipped[sample.reason] += 1
-        if (n := self.skipped[sample.reason]) <= _LOG_FIRST:
-            more = " (further ones counted, not logged)" if n == _LOG_FIRST else ""
-            log.warning("skipped %s: %s%s", sample.reason, sample.where, more)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def record(self) -> dict:
         """``{"scored": n, "skipped": {reason: n, ...}}`` (reasons sorted; none: empty)."""
@@ -332,7 +321,7 @@ def batches(evalset: EvalSet, batch_size: int = 256, workers: int = 0,
                         shuffle=False, persistent_workers=False)
     for images, targets, skipped in loader:
         for sample in skipped:
-            tally.skip(sample)
+            count_skip(tally.skipped, sample.reason, sample.where)
         if len(targets):
             tally.scored += len(targets)
             yield images, targets

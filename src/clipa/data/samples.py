@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image
 
+log = logging.getLogger("clipa.data")
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+LOG_FIRST = 5  # skipped samples logged in full per reason (and loader worker); the rest are only counted
 
 REASONS = {
     "missing_image": "no .jpg/.jpeg/.png/.webp member (or a table row whose image file is absent)",
@@ -34,6 +38,14 @@ REASONS = {
 def describe(counts: dict[str, int]) -> str:
     """``{"bad_text": 2, ...}`` -> ``"bad_text=2, ..."`` (sorted), or ``"nothing"``."""
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v) or "nothing"
+
+
+def count_skip(counts: dict[str, int], reason: str, where: str) -> None:
+    """Count a skipped sample under its reason; the first few of each reason are logged in full."""
+    n = counts[reason] = counts.get(reason, 0) + 1
+    if n <= LOG_FIRST:
+        more = " (further ones counted, not logged)" if n == LOG_FIRST else ""
+        log.warning("skipped %s: %s%s", reason, where, more)
 
 
 class BadSample(Exception):
