@@ -154,6 +154,18 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases logging (``pip install 'clipa[wandb]'``); the keys are ``wandb.init``'s."""
+
+    project: str = "clipa"
+    name: str | None = None  # the run's display name; None = wandb's
+    entity: str | None = None  # team or user; None = the logged-in user's default
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # "online" | "offline" | "disabled"; None = $WANDB_MODE or online
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
@@ -171,6 +183,7 @@ class TrainConfig:
     log_every: int = 10
     max_bad_steps: int = 5  # consecutive non-finite losses before stopping
     progress: bool = True
+    wandb: WandbConfig | None = None  # also log scalars to Weights & Biases (TensorBoard always)
 
 
 @dataclass

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ModelConfig, from_dict, to_dict, validate_model
-from .hubfile import HubError, fetch, split_revision
+from .hubfile import DEFAULT_BERT, HubError, fetch, split_revision
 from .models import CLIP, get_model_config
 from .models.registry import _merge, adapt_state_dict, load_state_dict
-from .tokenizer import DEFAULT_BERT
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's order

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+DEFAULT_BERT = "bert-base-uncased"  # the BERT tokenizer OpenCLIP's CLIPA configs name (a hub repository)
 # "org/name" or "name" (letters, digits, "-", "_", "."), what the hub accepts as a repository id
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

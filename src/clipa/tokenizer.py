@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-from .hubfile import HubError, fetch, is_repo_id
+from .hubfile import DEFAULT_BERT, HubError, fetch, is_repo_id
 
 BERT_ENV = "CLIPA_BERT_TOKENIZER"
-DEFAULT_BERT = "bert-base-uncased"  # the hub repository OpenCLIP's CLIPA configs name
 _SOT, _EOT = "<start_of_text>", "<end_of_text>"
 # OpenCLIP's pre-tokenization regex (compiled there with IGNORECASE), special strings first.
 _CLIP_PATTERN = rf"(?i){_SOT}|{_EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"

@@ -21,10 +21,12 @@ from .. import parallel
 from ..bigbatch import forward_backward
 from ..config import ConfigError, RunConfig, StageConfig, to_dict
 from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
-from ..models import CLIP, create_model
+from ..hub import create_model
+from ..models import CLIP
 from ..reduction.image import stage_image_size
 from ..tokenizer import tokenizer_for
 from . import checkpoint as ckpt
+from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
 
 
@@ -59,6 +61,7 @@ class Trainer:
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
+        check_loggers(cfg.train)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -257,9 +260,7 @@ class Trainer:
 
     def _tb(self):
         if self.writer is None and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tb"))
+            self.writer = RunLogger(self.out, self.cfg)
         return self.writer
 
     def _global_step(self, index: int, step: int) -> int:
