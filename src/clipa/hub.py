@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,11 +281,27 @@ def model_card(model: CLIP, repo_id: str | None = None) -> str:
 
 
 def save_pretrained(model: CLIP, out_dir: str | Path, *, repo_id: str | None = None) -> Path:
-    """Write OpenCLIP's hub layout: ``open_clip_config.json``, ``open_clip_model.safetensors``, ``README.md``."""
+    """Write OpenCLIP's hub layout: ``open_clip_config.json``, ``open_clip_model.safetensors``, ``README.md``.
+
+    A BERT model also gets its tokenizer files, since OpenCLIP reads a ``local-dir:`` model's tokenizer
+    from the folder; a tokenizer that lives in a local folder is named as ``repo_id`` on the hub.
+    """
     from .export import export_openclip
+    from .hubfile import is_repo_id
+    from .tokenizer import bert_tokenizer_file
 
     out = export_openclip(model, out_dir)
     (out / "README.md").write_text(model_card(model, repo_id))
+    text = model.cfg.text
+    if text.tokenizer == "bert":
+        source = bert_tokenizer_file(text.tokenizer_path)
+        shutil.copyfile(source, out / source.name)
+        (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                               "do_lower_case": True}) + "\n")
+        if repo_id and text.tokenizer_path and not is_repo_id(text.tokenizer_path):
+            config = json.loads((out / CONFIG_NAME).read_text())
+            config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = repo_id
+            (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 

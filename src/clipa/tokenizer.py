@@ -164,7 +164,7 @@ def clip_tokenizer(context_length: int = 77) -> ClipTokenizer:
     return ClipTokenizer(context_length)
 
 
-def _bert_file(path: str | Path | None) -> Path:
+def bert_tokenizer_file(path: str | Path | None) -> Path:
     """The tokenizer.json or vocab.txt to read: ``path`` (text.tokenizer_path), else $CLIPA_BERT_TOKENIZER,
     else bert-base-uncased from the Hugging Face hub (its cache). Each may be a file, a folder or a hub id."""
     how = "set text.tokenizer_path in the model config or the CLIPA_BERT_TOKENIZER environment " \
@@ -209,7 +209,7 @@ def bert_tokenizer(path: str | Path | None = None, context_length: int = 32) -> 
     Its rows are ``[CLS] ids [SEP]`` padded and truncated like CLIP's, then every ``[SEP]`` set to 0,
     so the end-of-text id here is 0.
     """
-    file = _bert_file(path)
+    file = bert_tokenizer_file(path)
     tok = _bert_backend(file.absolute())  # not resolve(): hub cache files link to blobs without a suffix
     ids = {t: tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
     missing = [t for t, i in ids.items() if i is None]
