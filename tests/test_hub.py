@@ -320,3 +320,13 @@ def test_wandb_selected_but_missing_fails_before_work(monkeypatch):
     with pytest.raises(ConfigError, match=r"train.wandb .* pip install 'clipa\[wandb\]'"):
         check_loggers(cfg.train)
     check_loggers(load_config(None, []).train)  # not selected: nothing to check
+
+
+def test_eval_command_takes_hub_names(hub, tmp_path, capsys):
+    from clipa.cli import main
+
+    assert main(["eval", "hf-hub:UCSC-VLAA/ViT-H-14-CLIPA-336-datacomp1B", "--data", str(tmp_path)]) == 2
+    assert main(["eval", "datacomp1b", "--model", "ViT-H-14-CLIPA-336", "--data", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("clipa: error: hub repository UCSC-VLAA/ViT-H-14-CLIPA-336-"
+                                                   "datacomp1B") for line in lines)

@@ -20,7 +20,8 @@ def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "eval", help="evaluate a checkpoint: zero-shot, retrieval or linear probe",
         description="Evaluate a clipa checkpoint folder, or an OpenCLIP weights file given with --model. "
                     "With no data given, a run trained on the built-in digits is scored on held-out digits.")
-    p.add_argument("checkpoint", help="clipa checkpoint folder (or run folder), or a weights file with --model")
+    p.add_argument("checkpoint", help="clipa checkpoint folder (or run folder), an hf-hub:ORG/REPO model, "
+                                      "or a weights file or OpenCLIP pretrained tag (e.g. datacomp1b) with --model")
     p.add_argument("--model", help="registry name for a plain weights file (OpenCLIP layout), e.g. ViT-B-32")
     p.add_argument("--task", choices=TASKS, help="default: zeroshot for classification data, retrieval for captions")
     p.add_argument("--data", action="append", default=[], metavar="DIR",
@@ -50,6 +51,10 @@ def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def load_for_eval(checkpoint: str | Path, model_name: str | None = None) -> tuple[Any, str, Any]:
     """(model in eval mode, its name, the run config or None) from a clipa checkpoint or a weights file."""
+    from ..hub import create_model as named_model, is_hub_name
+    if is_hub_name(str(checkpoint)) or (model_name is not None and not Path(checkpoint).exists()):
+        model = named_model(model_name or str(checkpoint), None if model_name is None else str(checkpoint))
+        return model.eval(), model_name or str(checkpoint), None  # an hf-hub: model, or --model with a pretrained tag
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")

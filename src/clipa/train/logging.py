@@ -7,6 +7,7 @@ appends to the same wandb run (``resume="allow"``).
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def _start_wandb(out: Path, cfg: RunConfig) -> Any:
 
     w = cfg.train.wandb
     id_file = out / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     out.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id + "\n")
     return wandb.init(project=w.project, name=w.name, entity=w.entity, group=w.group, tags=w.tags or None,
