@@ -231,8 +231,11 @@ def resolve(name: str, pretrained: str | Path | None = None, *, revision: str | 
                         hub_weights(_repo(str(pretrained)), revision=revision, cache_dir=cache_dir))
     tag = PRETRAINED.get((name, str(pretrained)))
     if tag is None:
-        if Path(pretrained).exists():
-            return Resolved(get_model_config(name, **overrides), Path(pretrained))
+        path = Path(pretrained)
+        if path.exists():
+            return Resolved(get_model_config(name, **overrides), path)
+        if isinstance(pretrained, Path) or path.suffix or len(path.parts) > 1:
+            raise FileNotFoundError(f"checkpoint not found: {path}")
         known = ", ".join(pretrained_tags(name)) or "none"
         raise HubError(f"pretrained={str(pretrained)!r} is neither a file nor a pretrained tag of {name} "
                        f"(its tags: {known}; or pretrained='hf-hub:ORG/REPO')")
