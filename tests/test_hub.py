@@ -264,7 +264,7 @@ def wandb_history(run_dir):
 
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert data[:4] == b":W&B"
-    pos, block, chunk, rows = 7, 32768, b"", []
+    pos, block, chunk, rows, kinds = 7, 32768, b"", [], []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
@@ -278,9 +278,11 @@ def wandb_history(run_dir):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunk)
             chunk = b""
-            if record.WhichOneof("record_type") == "history":
+            kinds.append(record.WhichOneof("record_type"))
+            if kinds[-1] == "history":
                 rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                              for item in record.history.item})
+    assert rows, f"no history in {run_dir} ({len(data)} bytes; records {kinds})"
     return rows
 
 
