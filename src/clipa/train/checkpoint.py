@@ -162,7 +162,7 @@ def load_weights(model, sd: dict[str, torch.Tensor]) -> None:
     """Move a model to the image grid and text length the weights were saved at, then load them (strict)."""
     g = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
     size = g * model.visual.cfg.patch_size
-    if size != model.visual.cfg.image_size:
+    if size != model.visual.image_size:
         model.visual.set_image_size(size)
     if sd["positional_embedding"].shape[0] != model.context_length:
         model.set_context_length(sd["positional_embedding"].shape[0])
