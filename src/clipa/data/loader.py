@@ -31,7 +31,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import asdict
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
@@ -53,6 +53,7 @@ BUILT_IN = {
 }
 
 
+@runtime_checkable
 class Loader(Protocol):
     """What the trainer needs from a training loader."""
 
