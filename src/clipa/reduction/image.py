@@ -9,6 +9,9 @@ patch grid and drawn on ``device`` with the trainer's ``generator``.
   every window; that place is fixed (top left) or drawn per sample (``grid_position``).
 - ``block``: one contiguous square of about K patches at a random place per sample.
 - ``resize``: no indices; the stage feeds smaller images (``resize_image_size``).
+
+``RULES`` maps each name to its kept count (``num_seen``, for the planner) and its draw
+(``keep_indices``); :class:`TokenReduction` is the module the vision tower applies them with.
 """
 
 from __future__ import annotations
