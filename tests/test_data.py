@@ -441,7 +441,8 @@ def test_two_loader_workers_under_spawn_with_syntax_text_masking(tmp_path):
 
 
 def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
-    """build_train_loader serves ``digits`` like any source: CLIP-normalised uint8 images, stats,
+    """build_train_loader serves ``digits`` like any source: CLIP-normalised uint8 images (grey
+    ink on grey paper), stats,
     a JSON state that continues exactly, and a state from another setup refused."""
     from clipa.data.loader import BUILT_IN, Loader
 
@@ -458,7 +459,9 @@ def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
     levels = grey * 255
     torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)  # normalised from uint8
     torch.testing.assert_close(grey[:, 0], grey[:, 2], atol=1e-5, rtol=0)  # grey: R = G = B
-    assert levels.round().min() == 0 and levels.round().max() > 200  # black background, white strokes
+    from clipa.data.digits import INK, PAPER
+
+    assert levels.round().min() == PAPER and INK - 30 < levels.round().max() <= INK  # paper, then ink
     resumed = iter(build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3, state=state))
     for want in rest:
         got = next(resumed)

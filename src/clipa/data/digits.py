@@ -41,6 +41,10 @@ CLASSNAMES = WORDS
 
 HOLDOUT = 0.2
 STATE_VERSION = 1
+# Grey levels of the paper and the ink: CLIP's normalisation then maps a digit to about [-1, 1],
+# the input range the default run's recipe is tuned for (drawn at full 0..255 contrast, inputs
+# span about [-1.8, 1.9] and the default run reaches 39% zero-shot top-1 instead of 89%).
+PAPER, INK = 46, 183
 
 
 def _load(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,13 +65,14 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[N, 1, S, S] in [0, 1] -> the loaders' uint8 RGB [N, 3, S, S]."""
-    return (x * 255).round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    """[N, 1, S, S] ink coverage in [0, 1] -> the loaders' uint8 RGB [N, 3, S, S], paper to ink."""
+    grey = (PAPER + (INK - PAPER) * x.clamp(0, 1)).round_().to(torch.uint8)
+    return grey.expand(-1, 3, -1, -1).contiguous()
 
 
 def _augment(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Small zoom and shift per image, batched through one affine grid; the black background
-    (0) fills what moves in from outside."""
+    """Small zoom and shift per image, batched through one affine grid; blank paper (0 ink)
+    fills what moves in from outside."""
     theta = torch.zeros(x.shape[0], 2, 3)
     theta[:, 0, 0] = scale
     theta[:, 1, 1] = scale
