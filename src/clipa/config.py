@@ -102,7 +102,7 @@ class TextReductionConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # "digits" (built in) | webdataset pattern | csv path | folder
+    source: str = "digits"  # "digits" | "world" (built in) | webdataset pattern | csv path | folder
     weights: list[float] | None = None  # per-source weights when source joins several with "::"
     csv_image_key: str = "filepath"
     csv_caption_key: str = "title"

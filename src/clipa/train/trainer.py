@@ -116,6 +116,11 @@ class Trainer:
 
             return DigitsLoader(image_size, batch_size, tokenize, seed=seed,
                                 state=state, rank=self.dist.rank, world_size=self.dist.world_size)
+        if self.cfg.data.source == "world":
+            from ..data.world import WorldLoader
+
+            return WorldLoader(image_size, batch_size, tokenize, seed=seed,
+                               state=state, rank=self.dist.rank, world_size=self.dist.world_size)
         from ..data import build_train_loader
 
         return build_train_loader(
