@@ -93,13 +93,19 @@ def test_held_out_pairs_and_wording_never_in_training():
         assert all(held_out(k, c) for k, c in zip(scene.kinds, scene.colours))
 
 
-def test_mirror_pairs_swap_sides():
-    loader = WorldLoader(8, 512, lambda c: torch.zeros(len(c), 1), seed=1)
+def test_hard_negative_partners():
+    """About a quarter of the pairs are mirror images, a quarter differ in one object's kind only."""
+    loader = WorldLoader(8, 1024, lambda c: torch.zeros(len(c), 1), seed=1)
     scenes, _ = loader.global_batch(0)
-    mirrored = [i for i in range(1, 512, 2) if scenes[i] == scenes[i - 1].mirrored() and len(scenes[i].kinds) > 1]
-    assert len(mirrored) > 50
-    a, b = scenes[mirrored[0] - 1], scenes[mirrored[0]]
+    pairs = [(scenes[i - 1], scenes[i]) for i in range(1, 1024, 2)]
+    mirrored = [(a, b) for a, b in pairs if len(a.kinds) > 1 and b == a.mirrored()]
+    rekinded = [(a, b) for a, b in pairs if len(a.kinds) == len(b.kinds)
+                and sum(x != y for x, y in zip(a.kinds, b.kinds)) == 1
+                and (a.colours, a.sizes, a.columns, a.tops) == (b.colours, b.sizes, b.columns, b.tops)]
+    assert 50 < len(mirrored) < 120 and 90 < len(rekinded) < 170
+    a, b = mirrored[0]
     assert a.kinds == b.kinds[::-1] and a.columns == b.columns
+    assert all(not held_out(k, c) for _, b in rekinded for k, c in zip(b.kinds, b.colours))
 
 
 def test_loader_resumes_exactly_and_splits_by_rank():

@@ -16,9 +16,10 @@ Held out from training, for the zero-shot evaluation:
   (20 of the 60 pairs); every evaluation object has such a pair;
 - the wording: evaluation prompts and retrieval captions use templates never used in training.
 
-Two-object training scenes come with their mirror image (the same objects, sides swapped) in
-the same batch half the time, so telling "A left of B" from "B left of A" pays in the
-contrastive loss; without such hard negatives a CLIP can match captions as bags of words.
+Half the training scenes come with a hard negative in the same batch: the same scene with the
+objects' sides swapped, or with one object's kind changed. Colour, size and count tell most
+scenes of a batch apart; without such pairs a small CLIP learns them and matches captions as
+bags of words, never needing the shape of a digit or the order of "A left of B".
 """
 
 from __future__ import annotations
@@ -40,8 +41,13 @@ SIZE_PX = [8, 12]
 PLACES = ["on the left", "in the middle", "on the right"]
 VERBS = ["sits", "stands", "rests", "floats"]
 CANVAS = 32
-COLUMN_X = [6, 16, 26]  # centres of the three columns
-MIRROR_PROB = 0.5
+# Left edge of an object per size and column, and its top row: multiples of 4, so a glyph
+# always covers whole 4 px patches the same way (a tiny ViT learns shapes many times faster
+# than when they straddle patch borders at random). Big objects in neighbouring columns
+# may overlap by 4 px, mostly blank glyph margin.
+LEFT_PX = {8: [4, 12, 20], 12: [0, 12, 20]}
+ALIGN = 4
+PARTNER_PROB = 0.5
 
 
 def held_out(kind: int, colour: int) -> bool:
@@ -103,6 +109,12 @@ class Scene:
         return Scene(self.kinds[r], self.colours[r], self.sizes[r], self.columns,
                      self.tops[r], self.glyphs[r])
 
+    def rekinded(self, i: int, kind: int, glyph: int) -> "Scene":
+        """The same scene with object ``i`` of another kind (drawn by ``glyph``)."""
+        kinds, glyphs = list(self.kinds), list(self.glyphs)
+        kinds[i], glyphs[i] = kind, glyph
+        return Scene(kinds, list(self.colours), list(self.sizes), list(self.columns), list(self.tops), glyphs)
+
 
 class _Glyphs:
     """One split's handwritten digits, pre-resized to each object size, indexed by kind."""
@@ -139,7 +151,7 @@ def sample_scenes(n: int, gen: torch.Generator, glyphs: _Glyphs, held: bool,
         m = int(counts[i])
         cols = sorted(columns[i, :m].tolist())
         ks, ss = kinds[i, :m].tolist(), sizes[i, :m].tolist()
-        tops = [int(vertical[i, j] * (CANVAS - SIZE_PX[s] + 1)) for j, s in enumerate(ss)]
+        tops = [ALIGN * int(vertical[i, j] * ((CANVAS - SIZE_PX[s]) // ALIGN + 1)) for j, s in enumerate(ss)]
         pool = [glyphs.pools[k] for k in ks]
         gl = [int(p[int(pick[i, j] * len(p))]) for j, p in enumerate(pool)]
         scenes.append(Scene(ks, colours[i, :m].tolist(), ss, cols, tops, gl))
@@ -152,7 +164,7 @@ def render(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tenso
     for b, s in enumerate(scenes):
         for k, c, z, x, y, g in zip(s.kinds, s.colours, s.sizes, s.columns, s.tops, s.glyphs):
             px = SIZE_PX[z]
-            left = COLUMN_X[x] - px // 2
+            left = LEFT_PX[px][x]
             ink = RGB[c][:, None, None] * glyphs.by_size[z][g]  # [3, px, px]
             region = canvas[b, :, y:y + px, left:left + px]
             torch.maximum(region, ink, out=region)
@@ -196,17 +208,28 @@ class WorldLoader:
         n = self.batch_size * self.world_size
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         scenes = sample_scenes(n, gen, self.glyphs, held=False)
-        mirror = torch.rand(n, generator=gen) < MIRROR_PROB
+        partner, draws = torch.rand(n, generator=gen) < PARTNER_PROB, torch.rand(n, 3, generator=gen).tolist()
         for i in range(1, n, 2):
-            # Pair (i-1, i): the second becomes the first's mirror image, a hard negative.
-            if mirror[i] and len(scenes[i - 1].kinds) > 1:
-                scenes[i] = scenes[i - 1].mirrored()
+            # Pair (i-1, i): the second becomes a hard negative of the first.
+            if partner[i]:
+                scenes[i] = self._partner(scenes[i - 1], draws[i])
         choice, verb = torch.rand(n, generator=gen).tolist(), torch.randint(len(VERBS), (n,), generator=gen)
         captions = []
         for s, c, v in zip(scenes, choice, verb.tolist()):
             templates = TRAIN_TEMPLATES[len(s.kinds)]
             captions.append(s.caption(templates[int(c * len(templates))], VERBS[v]))
         return scenes, captions
+
+    def _partner(self, scene: Scene, draw: list[float]) -> Scene:
+        """``scene`` mirrored (when it has two or three objects, half the time), else with one
+        object's kind changed to another allowed with its colour."""
+        if len(scene.kinds) > 1 and draw[0] < 0.5:
+            return scene.mirrored()
+        i = int(draw[1] * len(scene.kinds))
+        others = [k for k in range(len(KINDS)) if k != scene.kinds[i] and not held_out(k, scene.colours[i])]
+        kind = others[int(draw[2] * len(others))]
+        pool = self.glyphs.pools[kind]
+        return scene.rekinded(i, kind, int(pool[int(draw[2] * len(pool))]))
 
     def __iter__(self) -> Iterator[dict]:
         while True:
