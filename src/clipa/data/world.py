@@ -2,22 +2,23 @@
 
 The microscope for CLIPA's and BASIC's claims on two CPU cores. Each object has an identity
 (one of ten kinds, drawn as a real handwritten digit from scikit-learn's set), a colour, a
-size and a place (left, middle or right column of a 32 px canvas). Kinds are named by nouns
+size and a place (one cell of a 2x2 grid on a 32 px canvas). Kinds are named by nouns
 ("ring" for the digit 0, "swan" for 2, ...), colours and sizes by adjectives, so a
 part-of-speech tagger sees what real captions have: content in nouns and adjectives, filler
-verbs ("sits", "floats") and articles, relations ("left of") in word order. Captions come
-from templates that put the content early or late, so truncation, random, block and syntax
-text masking keep different information; small objects span about 2x2 patches of 4 px, so
-image masking can hide them.
+verbs ("sits", "floats") and articles, relations ("left of", "above") in word order. Captions
+come from templates that put the content early or late, so truncation, random, block and
+syntax text masking keep different information; a small object spans 2x2 patches of 4 px,
+so image masking can hide it.
 
 Held out from training, for the zero-shot evaluation:
 - the glyphs: 20% of the handwritten digits (the same split as ``data.digits``);
-- attribute combinations: kind k never appears in colour c when ``(k + c) % 3 == 0``
-  (20 of the 60 pairs); every evaluation object has such a pair;
+- attribute combinations: kind k never appears in colour ``k % 6`` (10 of the 60 pairs,
+  one per kind, each colour held out for one or two kinds); every evaluation object has such
+  a pair;
 - the wording: evaluation prompts and retrieval captions use templates never used in training.
 
 Half the training scenes come with a hard negative in the same batch: the same scene with the
-objects' sides swapped, or with one object's kind changed. Colour, size and count tell most
+objects' places swapped, or with one object's kind changed. Colour, size and count tell most
 scenes of a batch apart; without such pairs a small CLIP learns them and matches captions as
 bags of words, never needing the shape of a digit or the order of "A left of B".
 """
@@ -37,32 +38,35 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "white"]
 RGB = torch.tensor([[1.0, 0.15, 0.1], [0.15, 0.85, 0.15], [0.2, 0.35, 1.0],
                     [1.0, 0.9, 0.1], [0.65, 0.2, 0.9], [1.0, 1.0, 1.0]])
 SIZES = ["small", "big"]
-SIZE_PX = [8, 12]
-PLACES = ["on the left", "in the middle", "on the right"]
+SIZE_PX = [8, 16]
+CANVAS, CELL = 32, 16  # a 2x2 grid of cells, numbered in reading order
+PLACES = ["at the top left", "at the top right", "at the bottom left", "at the bottom right"]
 VERBS = ["sits", "stands", "rests", "floats"]
-CANVAS = 32
-# Left edge of an object per size and column, and its top row: multiples of 4, so a glyph
-# always covers whole 4 px patches the same way (a tiny ViT learns shapes many times faster
-# than when they straddle patch borders at random). Big objects in neighbouring columns
-# may overlap by 4 px, mostly blank glyph margin.
-LEFT_PX = {8: [4, 12, 20], 12: [0, 12, 20]}
-ALIGN = 4
-PARTNER_PROB = 0.5
+# Objects sit at their cell's top left corner: on the 4 px patch grid, so a glyph covers whole
+# patches the same way wherever it is (a tiny ViT learns shapes many times faster then).
+PARTNER_PROB = 1.0  # every second scene of a batch is the previous one's hard negative
 
 
 def held_out(kind: int, colour: int) -> bool:
-    """Attribute pairs never seen in training (each kind misses two colours)."""
-    return (kind + colour) % 3 == 0
+    """Attribute pairs never seen in training (each kind misses one colour)."""
+    return colour == kind % len(COLOURS)
 
 
-# Training templates: {A}, {B}, {C} are the objects from left to right ("a small red ring").
+def relation(a: int, b: int) -> str:
+    """Where cell ``a`` is from cell ``b``: left or right of it when their columns differ, else above or below."""
+    if a % 2 != b % 2:
+        return "left of" if a % 2 < b % 2 else "right of"
+    return "above" if a < b else "below"
+
+
+# Training templates: {A}, {B}, {C} are the objects in reading order ("a small red ring"),
+# {ab} where A is from B, {ba} the converse, {pA}/{pC} places.
 TRAIN_TEMPLATES = {
-    1: ["{A} {v} {p}", "{p} {v} {A}", "a picture of {A} {p}", "there is {A} {p}", "{A}"],
-    2: ["{A} {v} left of {B}", "{B} {v} right of {A}", "left of {B} {v} {A}", "right of {A} {v} {B}",
-        "a picture of {A} and {B} from left to right", "there is {B} and left of it {A}"],
-    3: ["{A} , {B} and {C} from left to right", "from right to left : {C} , {B} and {A}",
-        "{A} {v} left of {B} and {C} {v} on the right", "a picture of {A} , {B} and {C} in a row",
-        "{B} {v} right of {A} and left of {C}"],
+    1: ["{A} {v} {pA}", "{pA} {v} {A}", "a picture of {A} {pA}", "there is {A} {pA}", "{A}"],
+    2: ["{A} {v} {ab} {B}", "{B} {v} {ba} {A}", "{ab} {B} {v} {A}", "there is {A} and {ba} it {B}",
+        "a picture of {A} and {B}"],
+    3: ["a picture of {A} , {B} and {C}", "{A} {v} {ab} {B} and {C} {v} {pC}",
+        "{C} {v} {pC} , {A} {v} {ab} {B}", "{pA} {v} {A} , then {B} and {C}"],
 }
 
 # Held out: the evaluation's wording only.
@@ -71,49 +75,52 @@ EVAL_TEMPLATES = {
     "colour": ["an image of something {c}.", "a photo of a {c} object."],
     "size": ["an image of a {c} object.", "a photo of something {c}."],
 }
-RELATION_TEMPLATES = ["an image where {A} is left of {B}.", "a photo in which {B} is right of {A}."]
+RELATION_TEMPLATES = ["an image where {A} is {ab} {B}.", "a photo in which {B} is {ba} {A}."]
 RETRIEVAL_TEMPLATES = {
-    1: "an image where {A} is {p}.",
-    2: "an image where {A} is left of {B}.",
-    3: "an image where {A} , {B} and {C} are in a row from left to right.",
+    1: "an image where {A} is {pA}.",
+    2: "an image where {A} is {ab} {B}.",
+    3: "an image with {A} , {B} and {C}.",
 }
 CLASSNAMES = {"object": KINDS, "colour": COLOURS, "size": SIZES}
 
 
 @dataclass
 class Scene:
-    """Objects from left to right: kind, colour, size index, column and top row each."""
+    """Objects in reading order of their cells: kind, colour, size index, cell, offset and glyph each."""
 
     kinds: list[int]
     colours: list[int]
     sizes: list[int]
-    columns: list[int]
-    tops: list[int]
+    cells: list[int]
+    offsets: list[tuple[int, int]]  # (down, right) px inside the cell, multiples of 4
     glyphs: list[int]
 
     def phrase(self, i: int, article: str = "a") -> str:
         return f"{article} {SIZES[self.sizes[i]]} {COLOURS[self.colours[i]]} {KINDS[self.kinds[i]]}"
 
     def caption(self, template: str, verb: str = "sits", article: str = "a") -> str:
-        names = {k: self.phrase(i, article) for i, k in enumerate("ABC"[:len(self.kinds)])}
-        return template.format(v=verb, p=PLACES[self.columns[0]], **names)
+        n = len(self.kinds)
+        names = {k: self.phrase(i, article) for i, k in enumerate("ABC"[:n])}
+        words = {"pA": PLACES[self.cells[0]], "pC": PLACES[self.cells[-1]]}
+        if n > 1:
+            words.update(ab=relation(self.cells[0], self.cells[1]), ba=relation(self.cells[1], self.cells[0]))
+        return template.format(v=verb, **names, **words)
 
     def key(self) -> str:
-        """``kind-colour-size@column`` per object, e.g. ``ring-red-small@0|swan-blue-big@2``."""
+        """``kind-colour-size@cell`` per object, e.g. ``ring-red-small@0|swan-blue-big@3``."""
         return "|".join(f"{KINDS[k]}-{COLOURS[c]}-{SIZES[s]}@{x}"
-                        for k, c, s, x in zip(self.kinds, self.colours, self.sizes, self.columns))
+                        for k, c, s, x in zip(self.kinds, self.colours, self.sizes, self.cells))
 
     def mirrored(self) -> "Scene":
-        """The same objects with their places reversed: the left one goes right."""
+        """The same objects with their places reversed: the first one goes where the last was."""
         r = slice(None, None, -1)
-        return Scene(self.kinds[r], self.colours[r], self.sizes[r], self.columns,
-                     self.tops[r], self.glyphs[r])
+        return Scene(self.kinds[r], self.colours[r], self.sizes[r], self.cells, self.offsets[r], self.glyphs[r])
 
     def rekinded(self, i: int, kind: int, glyph: int) -> "Scene":
         """The same scene with object ``i`` of another kind (drawn by ``glyph``)."""
         kinds, glyphs = list(self.kinds), list(self.glyphs)
         kinds[i], glyphs[i] = kind, glyph
-        return Scene(kinds, list(self.colours), list(self.sizes), list(self.columns), list(self.tops), glyphs)
+        return Scene(kinds, list(self.colours), list(self.sizes), list(self.cells), list(self.offsets), glyphs)
 
 
 class _Glyphs:
@@ -143,18 +150,17 @@ def sample_scenes(n: int, gen: torch.Generator, glyphs: _Glyphs, held: bool,
         kinds = torch.stack([torch.randperm(len(KINDS), generator=gen)[:3] for _ in range(n)])
     colours = allowed[kinds, torch.randint(allowed.shape[1], (n, 3), generator=gen)]
     sizes = torch.randint(len(SIZES), (n, 3), generator=gen)
-    columns = torch.rand(n, 3, generator=gen).argsort(dim=1)
-    vertical = torch.rand(n, 3, generator=gen)
+    cells = torch.rand(n, 4, generator=gen).argsort(dim=1)
     pick = torch.rand(n, 3, generator=gen)
     scenes = []
     for i in range(n):
         m = int(counts[i])
-        cols = sorted(columns[i, :m].tolist())
-        ks, ss = kinds[i, :m].tolist(), sizes[i, :m].tolist()
-        tops = [ALIGN * int(vertical[i, j] * ((CANVAS - SIZE_PX[s]) // ALIGN + 1)) for j, s in enumerate(ss)]
-        pool = [glyphs.pools[k] for k in ks]
-        gl = [int(p[int(pick[i, j] * len(p))]) for j, p in enumerate(pool)]
-        scenes.append(Scene(ks, colours[i, :m].tolist(), ss, cols, tops, gl))
+        order = cells[i, :m].sort()
+        idx = order.indices.tolist()  # objects in reading order of their cells
+        ks, ss = kinds[i, idx].tolist(), sizes[i, idx].tolist()
+        offsets = [(0, 0)] * m
+        gl = [int(glyphs.pools[k][int(pick[i, j] * len(glyphs.pools[k]))]) for j, k in zip(idx, ks)]
+        scenes.append(Scene(ks, colours[i, idx].tolist(), ss, order.values.tolist(), offsets, gl))
     return scenes
 
 
@@ -162,11 +168,11 @@ def render(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tenso
     """Scenes -> normalised model input [B, 3, image_size, image_size]."""
     canvas = torch.zeros(len(scenes), 3, CANVAS, CANVAS)
     for b, s in enumerate(scenes):
-        for k, c, z, x, y, g in zip(s.kinds, s.colours, s.sizes, s.columns, s.tops, s.glyphs):
+        for c, z, cell, (dy, dx), g in zip(s.colours, s.sizes, s.cells, s.offsets, s.glyphs):
             px = SIZE_PX[z]
-            left = LEFT_PX[px][x]
+            top, left = CELL * (cell // 2) + dy, CELL * (cell % 2) + dx
             ink = RGB[c][:, None, None] * glyphs.by_size[z][g]  # [3, px, px]
-            region = canvas[b, :, y:y + px, left:left + px]
+            region = canvas[b, :, top:top + px, left:left + px]
             torch.maximum(region, ink, out=region)
     if image_size != CANVAS:
         canvas = F.interpolate(canvas, size=(image_size, image_size), mode="bilinear", antialias=True,
