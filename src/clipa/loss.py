@@ -240,7 +240,7 @@ def tiled_clip_loss(
 # ----------------------------------------------------------------------------- across ranks
 
 
-# torch 2.14 renamed these; the old names remain for torch >= 2.6
+# torch 2.14 renamed these; the old names remain for torch >= 2.7
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 _reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 
