@@ -56,7 +56,7 @@ def assert_grads_close(got: dict, ref: dict, rtol: float = 1e-5) -> None:
 
 def step(loss_fn=clip_loss, microbatch_size=None, **kw):
     images, tokens = batch()
-    return lambda m: forward_backward(m, images, tokens, loss_fn, microbatch_size, **kw)
+    return lambda m: float(forward_backward(m, images, tokens, loss_fn, microbatch_size, **kw))  # loss left on the device
 
 
 @pytest.mark.parametrize("loss_fn", [clip_loss, tiled_clip_loss], ids=["naive", "tiled"])

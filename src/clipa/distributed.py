@@ -254,24 +254,51 @@ def _fsdp_no_sync(model: nn.Module, keep_gathered: bool) -> Iterator[None]:
         model.set_reshard_after_backward(True)
 
 
-def clip_grad_norm(wrapped: nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip by the global gradient norm; under FSDP the shards' squares are summed over ranks."""
+def grad_norm(wrapped: nn.Module) -> torch.Tensor:
+    """The global gradient norm, as a tensor on the device (nothing waits for it); under
+    FSDP the shards' squares are summed over ranks."""
     from torch.distributed.tensor import DTensor
+    from torch.nn.utils import get_total_norm
 
     grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
     shards = [g.to_local() for g in grads if isinstance(g, DTensor)]
-    if not shards:
-        return torch.nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm)
     plain = [g for g in grads if not isinstance(g, DTensor)]
+    if not shards:
+        return get_total_norm(plain)
     device = plain[0].device if plain else _comm_device()
-    sq = torch.stack([g.float().square().sum().to(device) for g in shards]).sum()
+    sq = get_total_norm(shards).to(device).square()
     dist.all_reduce(sq)
-    sq = sq + sum((g.float().square().sum() for g in plain), torch.zeros((), device=device))
-    total = sq.sqrt()
+    if plain:
+        sq = sq + get_total_norm(plain).square()
+    return sq.sqrt()
+
+
+def clip_grad_norm(wrapped: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients so that their global norm is at most ``max_norm`` (as
+    ``torch.nn.utils.clip_grad_norm_``); returns the norm before clipping, on the device."""
+    from torch.distributed.tensor import DTensor
+
+    total = grad_norm(wrapped)
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in shards + plain:
-        g.mul_(coef.to(g.device, g.dtype))
+    for p in wrapped.parameters():
+        if p.grad is not None:
+            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            g.mul_(coef.to(g.device, g.dtype))
     return total
+
+
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every entry of ``tensors`` is finite, as a 0-d bool tensor on their device;
+    under FSDP each rank checks its shards and the answer is agreed over ranks."""
+    from torch.distributed.tensor import DTensor
+    from torch.nn.utils import get_total_norm
+
+    sharded = any(isinstance(t, DTensor) for t in tensors)
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    bad = (~torch.isfinite(get_total_norm(local, norm_type=float("inf")))).float()  # max |x|: NaN and inf stay
+    if sharded:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad == 0
 
 
 def _comm_device() -> torch.device:
