@@ -173,3 +173,39 @@ def test_the_step_needs_a_fused_optimizer():
     with pytest.raises(ValueError, match="fused"):
         TrainStep(model, model.logit_scale, torch.optim.AdamW(model.parameters(), foreach=True), clip_loss,
                   device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("loss,tiled", [("clip", "off"), ("clip", "on"), ("siglip", "off")], ids=["clip", "tiled", "siglip"])
+@pytest.mark.parametrize("microbatch", [None, 4], ids=["plain", "microbatched"])
+def test_trainer_trains_in_bf16_with_each_loss(tmp_path, loss, tiled, microbatch):
+    """The trainer's step runs its forward in bf16 (the towers' outputs are bf16), every
+    step trains (none skipped), and the step counters are read at log steps only."""
+    from test_train import _params, tiny_cfg
+
+    from clipa.train.trainer import Trainer
+
+    args = ["train.precision=bf16", f"train.loss={loss}", f"train.tiled_loss={tiled}", "stage.samples=96",
+            "stage.batch_size=16", "stage.warmup=1", "train.log_every=3"]
+    if microbatch:
+        args.append(f"train.microbatch_size={microbatch}")
+    if loss == "siglip":
+        args += ["model_overrides.init_logit_bias=-10.0", "model_overrides.init_logit_scale=2.3"]
+    trainer = Trainer(tiny_cfg(tmp_path, *args))
+    before = _params(trainer.model)
+    dtypes, reads = set(), []
+    trainer.model.visual.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype) if m.training else None)
+    original = TrainStep.read
+
+    def counted(self):
+        reads.append(1)
+        return original(self)
+
+    TrainStep.read = counted
+    try:
+        results = trainer.fit()
+    finally:
+        TrainStep.read = original
+    assert dtypes == {torch.bfloat16}
+    assert trainer.skipped_steps == 0 and results and 0.0 <= results[-1]["acc1"] <= 1.0
+    assert any(not torch.equal(v, before[k]) for k, v in _params(trainer.model).items())
+    assert len(reads) == 4, "log steps 3 and 6, the stage end and its checkpoint"

@@ -48,6 +48,23 @@ def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
 
+def compile_towers(model: nn.Module, per_block: bool = False) -> None:
+    """``train.compile``: torch.compile the two towers in place (the state dict keeps its keys).
+
+    The image tower compiles all of its forward but the draw of the kept patches (a
+    ``torch.Generator`` cannot enter a graph), so every reduction strategy is one graph; the
+    text tower compiles its blocks. With ``per_block`` (FSDP, whose units are the blocks)
+    each transformer block is compiled on its own, as torchtitan does.
+    """
+    if per_block:
+        for tower in (model.visual.transformer, model.transformer):
+            for block in tower.resblocks:
+                block.compile()
+        return
+    model.visual.compile()
+    model.transformer.compile()
+
+
 @dataclass
 class StepStats:
     """What ``TrainStep.read`` brings to the host."""
