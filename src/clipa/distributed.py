@@ -193,8 +193,8 @@ def full_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Modul
     """``model`` itself, or under FSDP a plain unsharded copy on every rank (a collective).
 
     For the next stage, which changes the image and text position tables and so needs whole
-    tensors on every rank; the copy shares the masking generator. Evaluation takes
-    ``evaluation_model`` instead, which builds the copy on rank 0 only.
+    tensors on every rank; the copy has no token reduction (the trainer sets each stage's).
+    Evaluation takes ``evaluation_model`` instead, which builds the copy on rank 0 only.
     """
     if not is_sharded(model):
         return model
@@ -224,8 +224,6 @@ def _plain_copy(wrapped: nn.Module, model: nn.Module, info: DistInfo, main_only:
     with torch.device(info.device):
         plain = CLIP(model.cfg)
     load_weights(plain, sd)
-    plain.visual.generator = model.visual.generator
-    plain.visual.reduction = model.visual.reduction
     return plain.train(model.training)
 
 

@@ -1,17 +1,16 @@
 """The training loop: stages in order, one optimizer step per global batch.
 
 The loop knows nothing of which paper an option came from: a stage sets the image size,
-image and text token reduction and the schedule; the step function (``bigbatch``) does
-plain or re-materialised big-batch steps; ``distributed`` decides how the model is wrapped;
+image and text token reduction and the schedule; the step function (``step.TrainStep``)
+does plain or re-materialised big-batch steps in the run's precision without waiting for
+the device; ``distributed`` decides how the model is wrapped;
 ``checkpoint`` what is saved and where a resume starts.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,14 +18,16 @@ import torch
 
 from .. import checkpoint, distributed
 from ..config import ConfigError, RunConfig, StageConfig, to_dict
+from ..data import build_train_loader
 from ..hub import create_model
 from ..loss import clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
-from ..reduction.image import stage_image_size
+from ..reduction.text import CaptionTokenizer
 from ..tokenizer import tokenizer_for
 from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
 from .step import StepStats, TrainStep, autocast_dtype, compile_towers, configure_backends
+from .stage import ResolvedStage, resolve_stage
 
 
 # Above this contrastive batch the B x B logits dominate memory; the tiled loss keeps it linear.
@@ -35,10 +36,6 @@ TILED_LOSS_FROM = 8192
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
-
-
-def stage_steps(stage: StageConfig) -> int:
-    return max(1, math.ceil(stage.samples / stage.batch_size))
 
 
 class Trainer:
@@ -62,10 +59,11 @@ class Trainer:
             raise ConfigError(f"train.loss={cfg.train.loss} has no use for a logit bias: "
                               "drop model_overrides.init_logit_bias or use train.loss=siglip")
         self.model.to(self.device)
+        # Every stage resolved up front: a stage that cannot run fails before any training.
+        self.stages = [resolve_stage(s, self.model.cfg, self.dist.world_size) for s in cfg.stages]
+        # Image token masking draws from its own generator, which checkpoints save and the
+        # big-batch step replays per microbatch.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
-        self.model.visual.generator = self.generator
-        self.base_image_size = self.model.visual.cfg.image_size
-        self.base_context = self.model.context_length
         self.wrapped = self.model
         self.writer = None
         self._skipped_before = 0  # skipped steps of the stages before the current one
@@ -74,48 +72,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up per stage
 
-    def _apply_stage_shapes(self, stage: StageConfig) -> None:
-        """Move the model to the stage's resolution and text length (interpolating tables)."""
-        size = stage_image_size(stage.image_reduction, stage.image_size, self.base_image_size,
-                                self.model.visual.cfg.patch_size)
-        if size != self.model.visual.cfg.image_size:
-            self.model.visual.set_image_size(size)
-        length = stage.text_length or self.base_context
-        if length != self.model.context_length:
-            self.model.set_context_length(length)
+    def _set_up_model(self, stage: StageConfig, plan: ResolvedStage) -> None:
+        """Move the model to the stage's resolution and text length (interpolating tables)
+        and give its vision tower the stage's token reduction."""
+        if plan.image_size != self.model.visual.image_size:
+            self.model.visual.set_image_size(plan.image_size)
+        if plan.text_length != self.model.context_length:
+            self.model.set_context_length(plan.text_length)
+        self.model.visual.set_token_reduction(stage.image_reduction, self.generator)
         self.model.to(self.device)
 
-    def _tokenize_fn(self, stage: StageConfig) -> Callable[[list[str]], torch.Tensor]:
-        from ..reduction.text import reduce_text
-
-        tokenizer = tokenizer_for(self.model)
-        length = self.model.context_length
-        seed = self.cfg.train.seed
-
-        def tokenize(captions: list[str]) -> torch.Tensor:
-            # Seeded by the batch itself: random text masking is then the same in loader
-            # workers, after a resume and across epochs' different batches, with no state.
-            digest = zlib.crc32("\x1f".join(captions).encode("utf-8", "replace"))
-            generator = torch.Generator().manual_seed(seed * 2**32 + digest)
-            return reduce_text(captions, tokenizer, length, stage.text_reduction, generator)
-
-        return tokenize
-
-    def _loader(self, stage: StageConfig, state: dict | None):
-        image_size = self.model.visual.cfg.image_size
-        tokenize = self._tokenize_fn(stage)
-        seed = self.cfg.train.seed + 1000 * self.stage_index
-        batch_size = distributed.local_batch_size(stage.batch_size, self.dist)
-        if self.cfg.data.source == "digits":
-            from ..data.digits import DigitsLoader
-
-            return DigitsLoader(image_size, batch_size, tokenize, seed=seed,
-                                state=state, rank=self.dist.rank, world_size=self.dist.world_size)
-        from ..data import build_train_loader
-
+    def _loader(self, stage: StageConfig, plan: ResolvedStage, state: dict | None):
+        """The stage's loader: its image size and local batch, captions cut to its text length."""
+        tokenize = CaptionTokenizer(tokenizer_for(self.model), plan.text_length, stage.text_reduction,
+                                    seed=self.cfg.train.seed)
         return build_train_loader(
-            self.cfg.data, image_size, batch_size, tokenize, seed=seed,
-            rank=self.dist.rank, world_size=self.dist.world_size, state=state,
+            self.cfg.data, plan.image_size, plan.local_batch, tokenize,
+            seed=self.cfg.train.seed + 1000 * self.stage_index, rank=self.dist.rank,
+            world_size=self.dist.world_size, state=state,
         )
 
     # ------------------------------------------------------------------ main loop
@@ -144,15 +118,14 @@ class Trainer:
         return self.results
 
     def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
-        stage = self.cfg.stages[index]
+        stage, plan = self.cfg.stages[index], self.stages[index]
         self.stage_index = index
         if restored is not None:  # weights at the sizes they were saved at, then this stage's
             load_weights(self.model, restored["model"])
-        self._apply_stage_shapes(stage)
+        self._set_up_model(stage, plan)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
         mid_stage = restored is not None and not restored["state"].get("stage_done")
-        self.model.visual.reduction = stage.image_reduction
         self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
         if self.cfg.train.compile:
             compile_towers(self.model, per_block=distributed.is_sharded(self.wrapped))
@@ -169,11 +142,11 @@ class Trainer:
             generators=(self.generator,),
         )
         self._skipped_read = 0  # this stage's skipped steps already logged
-        total = stage_steps(stage)
-        loader = self._loader(stage, loader_state)
+        total = plan.steps
+        loader = self._loader(stage, plan, loader_state)
         self._log(
             f"stage {index} '{stage.name}': {total} steps of {stage.batch_size} at "
-            f"{self.model.visual.cfg.image_size}px, text {self.model.context_length} "
+            f"{plan.image_size}px, text {plan.text_length} "
             f"({stage.image_reduction.strategy} / {stage.text_reduction.strategy})"
         )
         progress = self._progress(total, start_step, stage.name)
@@ -198,7 +171,7 @@ class Trainer:
             progress.close()
         skipped = self._check_steps(total).skipped
         self.model = distributed.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
-        self.model.visual.reduction = None
+        self.model.visual.set_token_reduction(None)
         self._evaluate(index, total)
         self._save(index, total, optimizer, loader, stage_done=True)
         self._skipped_before += skipped
@@ -254,7 +227,7 @@ class Trainer:
         return self.writer
 
     def _global_step(self, index: int, step: int) -> int:
-        return sum(stage_steps(s) for s in self.cfg.stages[:index]) + step
+        return sum(s.steps for s in self.stages[:index]) + step
 
     def _report(self, progress, step: int, lr: float, rate: float, loader) -> None:
         """Progress every step; the loss and the step counters only every ``train.log_every``
