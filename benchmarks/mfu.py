@@ -108,11 +108,12 @@ def main() -> None:
         overrides["text"]["context_length"] = args.text_length
     if args.loss == "siglip":
         overrides.update(init_logit_bias=-10.0, init_logit_scale=2.3)
-    model = clipa.create_model(args.model, **overrides).to(device).train()
+    with torch.device(device):  # initialised where it trains (a billion parameters are slow on CPU)
+        model = clipa.create_model(args.model, **overrides).train()
     cfg = model.cfg
     reduction = reduction_config(args.reduction)
     generator = torch.Generator(device=device).manual_seed(0)
-    model.visual.reduction, model.visual.generator = reduction, generator
+    model.visual.set_token_reduction(reduction, generator)
     if args.compile:
         from clipa.train.step import compile_towers
 

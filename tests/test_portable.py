@@ -106,3 +106,20 @@ def test_a_gpu_written_checkpoint_resumes_on_cpu(tmp_path):
     a, b = _params(straight.model), _params(resumed.model)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+def test_the_big_batch_step_replays_the_cuda_generator(monkeypatch):
+    """bigbatch's CUDA branch with a stand-in for the device's generator: the state saved
+    before a microbatch's no-grad pass is what its re-run starts from."""
+    from clipa import bigbatch
+
+    cuda_state = {"now": torch.tensor([1], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state["now"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: cuda_state.update(now=state.clone()))
+    masking = torch.Generator().manual_seed(3)
+    saved = bigbatch._rng_state(torch.device("cuda", 0), [masking])
+    first = torch.rand(2, generator=masking)
+    cuda_state["now"] = torch.tensor([2], dtype=torch.uint8)  # the forward advanced the GPU's generator
+    bigbatch._set_rng_state(torch.device("cuda", 0), [masking], saved)
+    assert cuda_state["now"].tolist() == [1]
+    assert torch.equal(torch.rand(2, generator=masking), first)

@@ -41,10 +41,10 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(B, 3, 16, 16, generator=g), torch.randint(1, 100, (B, 8), generator=g)
 
 
-def make_step(model, loss="clip", dtype=None, microbatch=None, clip=0.5) -> TrainStep:
+def make_step(model, loss="clip", dtype=None, microbatch=None, clip=0.5, generators=()) -> TrainStep:
     optimizer = build_optimizer(model, OptimConfig(), StageConfig(lr=1e-3, warmup=0))
     return TrainStep(model, model.logit_scale, optimizer, LOSSES[loss], device=torch.device("cpu"),
-                     dtype=dtype, microbatch_size=microbatch, grad_clip=clip)
+                     dtype=dtype, microbatch_size=microbatch, grad_clip=clip, generators=generators)
 
 
 class HostReads:
@@ -88,9 +88,9 @@ def test_matches_the_step_written_out_by_hand():
 @pytest.mark.parametrize("microbatch", [None, 4], ids=["plain", "microbatched"])
 def test_steps_that_do_not_log_never_read_the_device(monkeypatch, loss, microbatch):
     model = small_model(loss)
-    model.visual.reduction = ImageReductionConfig(strategy="random", ratio=0.5)
-    model.visual.generator = torch.Generator().manual_seed(0)
-    step = make_step(model, loss, dtype=torch.bfloat16, microbatch=microbatch)
+    generator = torch.Generator().manual_seed(0)
+    model.visual.set_token_reduction(ImageReductionConfig(strategy="random", ratio=0.5), generator)
+    step = make_step(model, loss, dtype=torch.bfloat16, microbatch=microbatch, generators=(generator,))
     images, text = batch()
     step(images, text)  # first step: lazy initialisations may read what they like
     reads = HostReads(monkeypatch)

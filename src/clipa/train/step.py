@@ -130,7 +130,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss = forward_backward(
             self.wrapped, images, text, self.loss_fn, microbatch_size=self.microbatch_size,
-            no_sync=self.no_sync, autocast=self.autocast, scaler=self.scaler,
+            no_sync=self.no_sync, generators=self.generators, autocast=self.autocast, scaler=self.scaler,
         )
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # the norm, clipping and AdamW see true gradients
