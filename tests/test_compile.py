@@ -16,6 +16,8 @@ import clipa
 from clipa.config import ImageReductionConfig
 from clipa.train.step import compile_towers
 
+from test_distributed import tiny_model
+
 REDUCTIONS = {
     "none": ImageReductionConfig(strategy="none"),
     "random": ImageReductionConfig(strategy="random", ratio=0.5),
@@ -24,13 +26,9 @@ REDUCTIONS = {
 }
 
 
-def tiny_model() -> clipa.CLIP:
+def small_model() -> clipa.CLIP:
     torch.manual_seed(0)
-    return clipa.create_model(
-        "clipa-tiny", embed_dim=16,
-        vision={"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-        text={"context_length": 8, "width": 32, "heads": 2, "layers": 2, "vocab_size": 100},
-    ).train()
+    return tiny_model("clip")
 
 
 def batch():
@@ -40,7 +38,7 @@ def batch():
 
 @pytest.mark.parametrize("strategy", list(REDUCTIONS))
 def test_the_image_tower_is_one_graph_under_every_reduction(strategy):
-    model = tiny_model()
+    model = small_model()
     model.visual.set_token_reduction(REDUCTIONS[strategy], torch.Generator().manual_seed(0))
     images, _ = batch()
     keep = model.visual.token_reduction.indices(4, (4, 4), images.device)
@@ -53,7 +51,7 @@ def test_the_image_tower_is_one_graph_under_every_reduction(strategy):
 
 def test_drawing_inside_the_graph_would_break_it():
     """The reason for the split: the generator keyword breaks the graph."""
-    model = tiny_model()
+    model = small_model()
     model.visual.set_token_reduction(REDUCTIONS["random"], torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     assert torch._dynamo.explain(model.visual)(batch()[0]).graph_break_count > 0
@@ -61,7 +59,7 @@ def test_drawing_inside_the_graph_would_break_it():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_the_text_blocks_are_one_graph(causal):
-    model = tiny_model()
+    model = small_model()
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model.transformer)(torch.randn(4, 8, 32), causal)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
@@ -69,7 +67,7 @@ def test_the_text_blocks_are_one_graph(causal):
 
 @pytest.mark.slow
 def test_compiled_towers_give_the_eager_embeddings_and_gradients():
-    eager, compiled = tiny_model(), tiny_model()
+    eager, compiled = small_model(), small_model()
     for m in (eager, compiled):
         m.visual.set_token_reduction(REDUCTIONS["random"], torch.Generator().manual_seed(0))
     compile_towers(compiled)

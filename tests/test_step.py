@@ -21,19 +21,15 @@ from clipa.loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
 from clipa.train.optim import build_optimizer
 from clipa.train.step import TrainStep, autocast_dtype
 
+from test_distributed import tiny_model
+
 B = 8
 LOSSES = {"clip": clip_loss, "tiled": tiled_clip_loss, "siglip": sigmoid_loss}
 
 
 def small_model(loss: str = "clip") -> clipa.CLIP:
     torch.manual_seed(0)
-    model = clipa.create_model(
-        "clipa-tiny", embed_dim=16,
-        vision={"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-        text={"context_length": 8, "width": 32, "heads": 2, "layers": 2, "vocab_size": 100},
-        init_logit_bias=-5.0 if loss == "siglip" else None,
-    )
-    return model.train()
+    return tiny_model(loss)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

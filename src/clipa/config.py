@@ -344,7 +344,8 @@ class TrainConfig:
     log_every: int = 10
     """Steps between log lines."""
     max_bad_steps: int = 5
-    """Consecutive non-finite losses before stopping."""
+    """Consecutive skipped steps (non-finite loss or gradient) before stopping; the count is
+    read, and so checked, at log steps, checkpoints and stage ends."""
     progress: bool = True
     """Show a progress bar."""
     wandb: WandbConfig | None = None

@@ -8,9 +8,9 @@ norm is not finite is skipped by the fused AdamW kernel itself (its ``found_inf`
 protocol ``GradScaler`` uses: no update and no step count) and counted on the device.
 ``read()`` brings the numbers to the host, one synchronisation, at logging time.
 
-A finite gradient gives AdamW a finite update (each coordinate is bounded by about
-lr / sqrt(1 - beta2)), so a finite gradient norm is what keeps the weights finite; ``read``
-also checks the weights themselves on the device.
+A finite gradient gives AdamW a finite update (Adam's m / sqrt(v) is bounded by a constant
+of its betas), so skipping on the gradient norm is what keeps the weights finite; ``read``
+also checks the weights themselves, on the device.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class StepStats:
     """What ``TrainStep.read`` brings to the host."""
 
     loss: float
-    """The last step's loss (NaN or inf when that step was skipped)."""
+    """The last step's loss (global across ranks)."""
     skipped: int
     """Steps skipped for a non-finite loss or gradient since the start."""
     consecutive: int
