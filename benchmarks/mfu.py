@@ -5,8 +5,10 @@ Synthetic batches already on the device; warm-up steps, then each step timed on 
 (``clipa.flops``: forward + backward of the towers as configured, token reduction included);
 MFU divides it by the device's peak: for a GPU the datasheet's dense peak for the precision
 in use (table below, by device name), on CPU a large matrix product of the same dtype
-measured in this run with the same threads, interleaved with the steps so machine load hits
-both alike. HFU also counts the work the step repeats: the re-materialised forward of
+measured in this run with the same threads, interleaved with the steps. On a CPU shared with
+other jobs, wall time measures them too; there each step and product is timed by this
+process's CPU time over its threads (the time its threads ran; the wall-time figures are
+printed beside). HFU also counts the work the step repeats: the re-materialised forward of
 microbatched steps and the recomputed forward of gradient checkpointing. Last line: MFU.
 
     python benchmarks/mfu.py --device cpu --model ViT-B-16 --image-size 112 --text-length 32 --batch 32
@@ -16,6 +18,7 @@ microbatched steps and the recomputed forward of gradient checkpointing. Last li
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -61,15 +64,31 @@ def gpu_peak(device: torch.device, dtype: torch.dtype | None, tf32: bool) -> tup
     return None
 
 
-def gemm_seconds(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """Seconds per n x n x n product (the same threads as the step)."""
+class Clock:
+    """Seconds of a synchronised call: wall time, and on CPU also this process's CPU time
+    divided by its threads."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.wall, self.cpu = device, [], []
+
+    def __call__(self, fn, repeat: int = 1) -> None:
+        sync(self.device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(repeat):
+            fn()
+        sync(self.device)
+        self.wall.append((time.perf_counter() - wall) / repeat)
+        self.cpu.append((time.process_time() - cpu) / torch.get_num_threads() / repeat)
+
+    def median(self) -> float:
+        """The time MFU is computed from: CPU time on a CPU, wall time on a GPU."""
+        return statistics.median(self.cpu if self.device.type == "cpu" else self.wall)
+
+
+def gemm(device: torch.device, dtype: torch.dtype, n: int = 2048):
+    """An n x n x n product (2 n^3 FLOPs) to time with the step's threads."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return (time.perf_counter() - start) / reps
+    return lambda: a @ b
 
 
 def reduction_config(spec: str) -> ImageReductionConfig:
@@ -145,28 +164,25 @@ def main() -> None:
     step.read()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_times, gemm_times = [], []
     gemm_dtype = dtype or torch.float32
+    product = gemm(device, gemm_dtype)
+    peak = gpu_peak(device, dtype, tf32) if device.type == "cuda" else None
+    steps, products = Clock(device), Clock(device)
     for _ in range(args.steps):
-        sync(device)
-        start = time.perf_counter()
-        step(images, text)
-        sync(device)
-        step_times.append(time.perf_counter() - start)
-        if device.type == "cpu":
-            gemm_times.append(gemm_seconds(device, gemm_dtype))
+        steps(lambda: step(images, text))
+        if peak is None:  # CPU, or a GPU not in the table: measure, alternating with the steps
+            products(product, repeat=3)
     stats = step.read()
     if stats.skipped:
         raise SystemExit(f"{stats.skipped} of the timed steps had a non-finite loss: the timing is not of real steps")
 
-    seconds = statistics.median(step_times)
+    seconds = steps.median()
     achieved = model_flops / seconds
-    peak = gpu_peak(device, dtype, tf32) if device.type == "cuda" else None
-    if peak is None:  # CPU, or a GPU not in the table
-        if not gemm_times:
-            gemm_times = [gemm_seconds(device, gemm_dtype) for _ in range(args.steps)]
-        peak = (2 * 2048**3 / statistics.median(gemm_times),
-                f"2048^3 {str(gemm_dtype).removeprefix('torch.')} GEMM measured here, {torch.get_num_threads()} threads")
+    if peak is None:
+        how = "CPU time over threads" if device.type == "cpu" else "wall time"
+        peak = (2 * 2048**3 / products.median(), f"2048^3 {str(gemm_dtype).removeprefix('torch.')} GEMM measured "
+                f"here, {torch.get_num_threads()} threads, {how}; by wall time "
+                f"{2 * 2048**3 / statistics.median(products.wall) / 1e12:.3f}")
     peak_flops, peak_source = peak
     if device.type == "cuda":
         memory = f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
@@ -180,7 +196,8 @@ def main() -> None:
           + (", compiled" if args.compile else "") + (", gradient checkpointing" if args.grad_checkpointing else ""))
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"median of {args.steps} steps after {args.warmup} warm-up: {seconds * 1000:.1f} ms/step, "
-          f"{args.batch / seconds:.1f} samples/s")
+          f"{args.batch / seconds:.1f} samples/s (wall time {statistics.median(steps.wall) * 1000:.1f} ms/step, "
+          f"load average {os.getloadavg()[0]:.1f})")
     print(f"model FLOPs per step {model_flops / 1e12:.3f} TFLOP; achieved {achieved / 1e12:.3f} TFLOP/s")
     print(f"peak {peak_flops / 1e12:.3f} TFLOP/s ({peak_source})")
     print(f"HFU {hardware_flops / seconds / peak_flops:.3f}; {memory}")
