@@ -237,3 +237,11 @@ def test_run_folder_and_restart_settings():
     default = load_config(None)
     assert (default.train.overwrite, default.train.keep_last) == (False, None)
     assert 0 < default.train.timeout_minutes <= 60, "the collective timeout is minutes, not hours"
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    recipe = _write(tmp_path / "broken.yaml", "train:\n  seed: 1\n stages: [\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(recipe))}: not valid YAML: .*\(line 3, column 2\)$"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match=r"^override 'stage.lr=\[1,': the value is not valid YAML"):
+        load_config(None, ["stage.lr=[1,"])

@@ -480,13 +480,23 @@ def merge(base: dict, child: dict, where: str = "") -> dict:
     return out
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML parser error says, on one line, with the line and column it names."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
+
+
 def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The mapping a YAML recipe describes, its ``base:`` chain merged under it."""
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base:' chain loops back to this file")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base = loaded.pop("base", None)
@@ -530,7 +540,10 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
         if key.startswith("stage."):  # shorthand: applies to every stage
             for stage in tree.setdefault("stages", [{}]):
                 _set_path(stage, key[len("stage."):], value)
