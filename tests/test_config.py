@@ -245,3 +245,14 @@ def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
         load_config(recipe)
     with pytest.raises(ConfigError, match=r"^override 'stage.lr=\[1,': the value is not valid YAML"):
         load_config(None, ["stage.lr=[1,"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.3.lr=1", r"^stages.3.lr: stages.3 names no item: stages has 1 \(numbered from 0\)$"),
+    ("stages.x.lr=1", r"^stages.x.lr: stages.x names no item"),
+    ("stages.-1.lr=1", r"^stages.-1.lr: stages.-1 names no item"),
+    ("stage.lr.x=1", r"^stage.lr.x: lr is a single value, it has no 'x'$"),
+])
+def test_overrides_into_a_missing_stage_or_below_a_value_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -507,26 +507,30 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merge(_read_recipe(path.parent / base, seen + (path.resolve(),)), loaded)
 
 
-def _set_path(tree: dict, path: str, value: Any) -> None:
-    """Set ``a.b.c`` (or ``stages.1.lr``) in a nested dict/list tree, creating mappings."""
+def _set_path(tree: dict, path: str, value: Any, key: str | None = None) -> None:
+    """Set ``a.b.c`` (or ``stages.1.lr``) in a nested dict/list tree, creating mappings. A
+    list index out of range, or a key below a plain value, is a ConfigError naming the
+    override's ``key`` (``path`` unless given)."""
     parts = path.split(".")
     node: Any = tree
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            idx = int(part)
-            node = node[idx]
-            continue
-        if part not in node or node[part] is None:
+            if not part.lstrip("-").isdigit() or not 0 <= int(part) < len(node):
+                raise ConfigError(f"{key or path}: {where} names no item: {'.'.join(parts[:i]) or 'the list'} "
+                                  f"has {len(node)} (numbered from 0)")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{key or path}: {'.'.join(parts[:i])} is a single value, it has no '{part}'")
+        if i == len(parts) - 1:
+            break
+        if isinstance(node, dict) and (part not in node or node[part] is None):
             # a list key like "stages" must already exist; anything else becomes a mapping
             node[part] = {}
         node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-        return
-    node[last] = value
+    node[part] = value
     # lr and lr_per_256 say the same thing: the one given last wins
-    other = _LR_PAIR.get(last)
+    other = _LR_PAIR.get(parts[-1])
     if other is not None and isinstance(node, dict):
         node.pop(other, None)
 
@@ -546,7 +550,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
         if key.startswith("stage."):  # shorthand: applies to every stage
             for stage in tree.setdefault("stages", [{}]):
-                _set_path(stage, key[len("stage."):], value)
+                _set_path(stage, key[len("stage."):], value, key)
         else:
             _set_path(tree, key, value)
     return tree
