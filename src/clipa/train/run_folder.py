@@ -108,8 +108,10 @@ def locked(out: Path, log: Callable[[str], None]) -> Iterator[None]:
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    """``{"stages": [{"lr": 1}]}`` -> ``{"stages.0.lr": 1}``: keys as overrides name them."""
+    if isinstance(tree, (dict, list)):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {k: v for key, sub in items for k, v in _flat(sub, f"{prefix}{key}.").items()}
     return {prefix[:-1]: tree}
 
 

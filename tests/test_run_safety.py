@@ -1,0 +1,256 @@
+"""Runs that survive preemption and mistakes (issue 14), on a tiny CLIP on the digits.
+
+Reference for every interrupted run: the same config trained straight through in one go;
+"identical" means bitwise (rtol = atol = 0), as a resume replays the same steps in the same
+order on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipa import checkpoint
+from clipa.checksums import ChecksumError, write_checksums
+from clipa.cli import main
+from clipa.config import load_config
+from clipa.train import run_folder
+from clipa.train.run_folder import RunFolderError
+from clipa.train.signals import TrainingStopped
+from clipa.train.trainer import NonFiniteLossError, Trainer
+
+TINY = [
+    "model_overrides={embed_dim: 32, vision: {image_size: 16, patch_size: 4, width: 64, layers: 1, head_width: 32},"
+    " text: {width: 64, heads: 2, layers: 1}}",
+    "train.progress=false", "train.threads=1", "stage.text_length=8", "stage.warmup=1",
+]
+# two stages (5 + 2 steps), the second at another image size
+TWO_STAGES = ("stages=[{name: a, samples: 160, batch_size: 32, warmup: 1, text_length: 8},"
+              " {name: b, image_size: 24, samples: 64, batch_size: 32, warmup: 1, text_length: 8}]")
+
+
+def cfg(out, *extra):
+    return load_config(None, TINY + [f"train.output_dir={out}", *extra])
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint.latest_checkpoint(out / "checkpoints") / "model.safetensors"))
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def signal_at(trainer: Trainer, monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
+    """Deliver ``signum`` to this process just before the trainer's ``call``-th stop check
+    (one per step, one after each stage-end save)."""
+    original, calls = trainer._stop_signal, {"n": 0}
+
+    def stop_signal():
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)
+        return original()
+
+    monkeypatch.setattr(trainer, "_stop_signal", stop_signal)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    Trainer(cfg(out, TWO_STAGES)).fit()
+    return final_weights(out), (out / "results.jsonl").read_text()
+
+
+@pytest.mark.parametrize("call, saved, signum", [
+    (3, "step_00000003", signal.SIGTERM),  # mid-stage, with checkpoint_every=0
+    (5, "step_00000005", signal.SIGINT),  # the last step: the stage-end checkpoint, not yet evaluated
+    (6, "step_00000005", signal.SIGUSR1),  # during the stage-end save
+])
+def test_a_signal_saves_and_resume_is_bit_identical(tmp_path, monkeypatch, reference, call, saved, signum):
+    trainer = Trainer(cfg(tmp_path, TWO_STAGES, "train.resume=auto"))
+    signal_at(trainer, monkeypatch, call, signum)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    assert stopped.value.checkpoint == tmp_path / "checkpoints" / saved
+    assert stopped.value.exit_status == 128 + signum
+    assert [p.name for p in checkpoint.step_folders(tmp_path / "checkpoints")] == [saved]
+    assert signal.getsignal(signum) is not trainer.stop._handle  # handlers restored
+
+    Trainer(cfg(tmp_path, TWO_STAGES, "train.resume=auto")).fit()
+    weights, results = reference
+    assert_identical(final_weights(tmp_path), weights)
+    assert (tmp_path / "results.jsonl").read_text() == results  # the missed stage-end evaluation is made
+
+
+def test_a_second_signal_stops_at_once_and_a_repeat_is_ignored(tmp_path):
+    script = textwrap.dedent("""
+        import os, signal, time
+        from clipa.train import signals
+        with signals.StopRequests() as s:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # within the window: the same request twice
+            print("still here", s.signum, flush=True)
+            signals.REPEAT_WINDOW_S = 0.0
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+            print("not reached", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert proc.stdout.splitlines() == [f"still here {int(signal.SIGINT)}"]
+    assert "second SIGINT: stopping now" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
+    Trainer(cfg(tmp_path, "stage.samples=64", "stage.batch_size=32")).fit()
+    before = final_weights(tmp_path)
+    with pytest.raises(RunFolderError, match=r"holds another run's checkpoints \(newest: step_00000002\)"):
+        Trainer(cfg(tmp_path, "stage.samples=96", "stage.batch_size=32")).fit()
+    assert_identical(final_weights(tmp_path), before)  # untouched
+    with pytest.raises(RunFolderError, match=r"train.resume=auto: .* another run \(stages.0.samples: 64 -> 96"):
+        Trainer(cfg(tmp_path, "stage.samples=96", "stage.batch_size=32", "train.resume=auto")).fit()
+    assert main(["train", *TINY, f"train.output_dir={tmp_path}", "stage.samples=96", "stage.batch_size=32"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+    Trainer(cfg(tmp_path, "stage.samples=96", "stage.batch_size=32", "train.overwrite=true")).fit()
+    assert [p.name for p in checkpoint.step_folders(tmp_path / "checkpoints")] == ["step_00000003"]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_lock_stops_a_live_run_and_is_cleared_after_a_crash(tmp_path):
+    lock = tmp_path / run_folder.LOCK_FILE
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename, "started": "earlier"}))
+        with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {sleeper.pid} on"):
+            with run_folder.locked(tmp_path, print):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    messages = []
+    with run_folder.locked(tmp_path, messages.append):  # the holder is dead now: a crash
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "ended without releasing it" in messages[0]
+    assert not lock.exists()
+
+
+def test_stale_temporaries_are_removed_and_keep_last_retains_the_newest(tmp_path):
+    stale = tmp_path / "checkpoints" / ".tmp-step_00000004-99999"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    Trainer(cfg(tmp_path, "stage.samples=192", "stage.batch_size=32", "train.checkpoint_every=1",
+                "train.keep_last=2", "train.resume=auto")).fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000005", "step_00000006"]
+
+
+def test_problems_found_before_the_first_step(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no retrieval shards at"):
+        Trainer(cfg(tmp_path, "eval.data=/nonexistent/eval", "train.checkpoint_every=1")).fit()
+    assert checkpoint.step_folders(tmp_path / "checkpoints") == []
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises((RunFolderError, OSError)):
+        Trainer(cfg(blocked / "run")).fit()
+
+
+# ----------------------------------------------------------------------------- damaged and non-finite checkpoints
+
+
+def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
+    args = ["stage.samples=192", "stage.batch_size=32", "train.checkpoint_every=2"]
+    Trainer(cfg(tmp_path / "straight", *args)).fit()
+    run = tmp_path / "run"
+    Trainer(cfg(run, *args)).fit()
+    latest = run / "checkpoints" / "step_00000006"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    with pytest.raises(ChecksumError, match=rf"{weights}: 1000 bytes"):
+        checkpoint.load_model(latest)
+    assert main(["export", str(latest), "--output", str(tmp_path / "exported")]) == 2
+    assert str(weights) in capsys.readouterr().err
+
+    Trainer(cfg(run, *args, "train.resume=latest")).fit()
+    assert "skipping damaged checkpoint step_00000006" in capsys.readouterr().out
+    assert_identical(final_weights(run), final_weights(tmp_path / "straight"))
+
+
+def assert_all_checkpoints_finite(folder) -> None:
+    for step in checkpoint.step_folders(folder):
+        for name, t in load_file(str(step / "model.safetensors")).items():
+            assert torch.isfinite(t).all(), f"{step.name}: {name}"
+
+
+def test_a_huge_learning_rate_never_writes_a_non_finite_checkpoint(tmp_path):
+    trainer = Trainer(cfg(tmp_path, "stage.samples=256", "stage.batch_size=32", "stage.lr=1e4",
+                          "train.checkpoint_every=1", "train.max_bad_steps=100"))
+    trainer.fit()
+    assert_all_checkpoints_finite(tmp_path / "checkpoints")
+
+
+def test_weights_made_non_finite_by_a_step_are_never_saved(tmp_path, monkeypatch, capsys):
+    """A step whose loss was finite but whose update was not (what a huge learning rate does
+    to a bigger model): from then on no checkpoint is written."""
+    trainer = Trainer(cfg(tmp_path, "stage.samples=256", "stage.batch_size=32",
+                          "train.checkpoint_every=1", "train.max_bad_steps=3"))
+    original = trainer._report
+
+    def report(progress, step, *args):
+        original(progress, step, *args)
+        if step == 2:
+            with torch.no_grad():
+                trainer.model.visual.proj[0, 0] = float("nan")
+
+    monkeypatch.setattr(trainer, "_report", report)
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit()
+    assert "step 3: the weights are not finite (NaN or infinity); no checkpoint written" in capsys.readouterr().out
+    assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").name == "step_00000002"
+    assert_all_checkpoints_finite(tmp_path / "checkpoints")
+
+
+def test_loading_non_finite_weights_fails_clearly(tmp_path, capsys):
+    Trainer(cfg(tmp_path, "stage.samples=64", "stage.batch_size=32")).fit()
+    step = checkpoint.latest_checkpoint(tmp_path / "checkpoints")
+    sd = load_file(str(step / "model.safetensors"))
+    sd["visual.proj"][0, 0] = float("nan")
+    save_file(sd, str(step / "model.safetensors"))
+    write_checksums(step)  # the file is intact, its contents are not
+    with pytest.raises(checkpoint.NonFiniteWeightsError, match=r"non-finite weights \(NaN or infinity in visual.proj\)"):
+        checkpoint.load_model(step)
+    assert main(["export", str(step), "--output", str(tmp_path / "exported")]) == 2
+    assert "non-finite weights" in capsys.readouterr().err
+    with pytest.raises(checkpoint.NonFiniteWeightsError):
+        Trainer(cfg(tmp_path, "stage.samples=64", "stage.batch_size=32", "train.resume=latest")).fit()
+
+
+def test_skipped_steps_survive_resume(tmp_path):
+    args = ["stage.samples=128", "stage.batch_size=32", "train.checkpoint_every=2"]
+    Trainer(cfg(tmp_path, *args)).fit()
+    first = tmp_path / "checkpoints" / "step_00000002"
+    state = json.loads((first / "state.json").read_text())
+    state["skipped_steps"] = 3
+    (first / "state.json").write_text(json.dumps(state))
+    write_checksums(first)
+    for later in checkpoint.step_folders(tmp_path / "checkpoints")[:-1]:
+        later.rename(later.with_name(".old-" + later.name))
+    trainer = Trainer(cfg(tmp_path, *args, "train.resume=latest"))
+    trainer.fit()
+    assert trainer.skipped_steps == 3
+    assert json.loads((checkpoint.latest_checkpoint(tmp_path / "checkpoints") / "state.json").read_text())[
+        "skipped_steps"] == 3
