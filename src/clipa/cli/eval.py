@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_model
+from ..data.eval_sets import IMAGENET_VARIANTS, imagenet_set, open_data
+from ..data.transforms import build_eval_transform
 from ..distributed import resolve_device
-from ..eval.datasets import IMAGENET_VARIANTS, eval_transform, imagenet_set
-from ..eval.runner import TASKS, default_task, evaluate_set, format_table, open_data, result_record, write_result
+from ..eval.runner import TASKS, default_task, evaluate_set, format_table, result_record, write_result
 from ..tokenizer import tokenizer_for
 from ..train.evaluate import evaluate_during_training
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
     sets = [(d, open_data(d, size, args.split, args.classnames, args.templates, args.max_samples)) for d in args.data]
-    sets += [(None, imagenet_set(v, getattr(args, v.replace("-", "_")), eval_transform(size), args.max_samples))
+    sets += [(None, imagenet_set(v, getattr(args, v.replace("-", "_")), build_eval_transform(size), args.max_samples))
              for v in IMAGENET_VARIANTS if getattr(args, v.replace("-", "_"))]
     results = []
     if not sets:
