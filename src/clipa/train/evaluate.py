@@ -42,7 +42,7 @@ def check_evaluation(cfg: RunConfig, image_size: int) -> None:
     training starts rather than at the first evaluation, after a stage of work."""
     if cfg.eval.data is None:
         return
-    from ..eval.runner import open_data
+    from ..data.eval_sets import open_data
 
     evalset = open_data(cfg.eval.data, image_size, max_samples=cfg.eval.max_samples)
     if next(iter(evalset.dataset), None) is None:
