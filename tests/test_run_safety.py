@@ -254,3 +254,139 @@ def test_skipped_steps_survive_resume(tmp_path):
     assert trainer.skipped_steps == 3
     assert json.loads((checkpoint.latest_checkpoint(tmp_path / "checkpoints") / "state.json").read_text())[
         "skipped_steps"] == 3
+
+
+def test_a_crafted_sharded_checkpoint_runs_no_code_anywhere(tmp_path, capsys):
+    """eval and export (load_model), consolidate and resume all read a sharded step folder's
+    index through the safe reader. No checksums.json: an attacker would rewrite it anyway."""
+    import pickle
+
+    from clipa.config import RunConfig, to_dict
+    from clipa.safe_load import UnsafeCheckpointError
+
+    marker = tmp_path / "pwned"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000002"
+    (step / "sharded").mkdir(parents=True)
+    (step / "sharded" / ".metadata").write_bytes(pickle.dumps(RunsCode()))
+    (step / "state.json").write_text(json.dumps({"stage": 0, "stage_step": 2, "config": to_dict(RunConfig())}))
+
+    with pytest.raises(UnsafeCheckpointError, match="refused to load 'posix.system'"):
+        checkpoint.load_model(step)
+    with pytest.raises(UnsafeCheckpointError):
+        checkpoint.consolidate(step)
+    assert main(["export", str(step), "--output", str(tmp_path / "exported")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipa: error: ") and err.count("\n") == 1 and "refused" in err
+    with pytest.raises(UnsafeCheckpointError):
+        Trainer(cfg(tmp_path / "new", f"train.resume={step}")).fit()
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_RUN = TINY + ["train.device=cpu", "train.parallel=ddp", "stage.samples=192", "stage.batch_size=32"]
+
+
+def _stop_worker(rank: int, port: int, out: str, extra: list, signal_rank_1_at: int | None) -> None:
+    """One rank of a 2-process gloo run; rank 1 alone gets SIGTERM at its given stop check."""
+    from clipa import distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(load_config(None, DDP_RUN + [f"train.output_dir={out}", *extra]))
+    if rank == 1 and signal_rank_1_at is not None:
+        original, calls = trainer._stop_signal, {"n": 0}
+
+        def stop_signal():
+            calls["n"] += 1
+            if calls["n"] == signal_rank_1_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original()
+
+        trainer._stop_signal = stop_signal
+    try:
+        trainer.fit()
+        outcome = "finished"
+    except TrainingStopped as e:
+        outcome = f"stopped {e.exit_status} {e.checkpoint.name}"
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(outcome)
+    distributed.shutdown()
+
+
+def _spawn_two(out, extra, signal_rank_1_at=None) -> list[str]:
+    import torch.multiprocessing as mp
+
+    out.mkdir(parents=True, exist_ok=True)
+    mp.start_processes(_stop_worker, args=(_free_port(), str(out), extra, signal_rank_1_at), nprocs=2,
+                       join=True, start_method="spawn")
+    return [(out / f"rank{r}.txt").read_text() for r in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_gloo_ranks_stops_both_at_one_step_and_resume_is_identical(tmp_path):
+    assert _spawn_two(tmp_path / "straight", []) == ["finished", "finished"]
+    stopped = _spawn_two(tmp_path / "run", ["train.resume=auto"], signal_rank_1_at=3)
+    assert stopped == ["stopped 143 step_00000003"] * 2
+    assert _spawn_two(tmp_path / "run", ["train.resume=auto"]) == ["finished", "finished"]
+    assert_identical(final_weights(tmp_path / "run"), final_weights(tmp_path / "straight"))
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(stat))
+    return kids
+
+
+def _torchrun(out, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "2",
+           "--master-port", str(port), "-m", "clipa", "train", *DDP_RUN, "stage.samples=320",
+           "train.checkpoint_every=2", "train.resume=auto", "train.timeout_minutes=2", f"train.output_dir={out}"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_after_a_killed_worker_finish_identical(tmp_path):
+    """``torchrun --max-restarts 2 ... train.resume=auto`` with a worker SIGKILLed at a random
+    moment, 10 times: each run finishes, bit-identical to an uninterrupted one."""
+    import random
+    import time
+
+    straight = _torchrun(tmp_path / "straight", _free_port())
+    t0 = time.monotonic()
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()[-3000:]
+    duration = time.monotonic() - t0
+    reference = final_weights(tmp_path / "straight")
+    rng = random.Random(0)
+    for i in range(10):
+        out = tmp_path / f"run{i}"
+        proc = _torchrun(out, _free_port())
+        time.sleep(rng.uniform(0.4, 0.9) * duration)
+        workers = _children(proc.pid)
+        if workers:
+            os.kill(rng.choice(workers), signal.SIGKILL)
+        assert proc.wait(timeout=900) == 0, f"try {i}: " + proc.stdout.read()[-3000:]
+        assert_identical(final_weights(out), reference)
