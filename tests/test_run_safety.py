@@ -168,6 +168,33 @@ def test_problems_found_before_the_first_step(tmp_path):
         Trainer(cfg(blocked / "run")).fit()
 
 
+def test_a_full_disk_stops_the_run_cleanly_and_resume_is_identical(tmp_path, monkeypatch, capsys):
+    """ENOSPC while the third checkpoint is written: one line naming it, nothing half-written
+    left, the earlier checkpoints intact, and the rerun finishes as if nothing happened."""
+    import errno
+
+    args = ["stage.samples=192", "stage.batch_size=32", "train.checkpoint_every=1", "train.resume=auto"]
+    Trainer(cfg(tmp_path / "straight", *args)).fit()
+    real_save, calls = checkpoint.save_file, {"n": 0}
+
+    def save_file_on_a_full_disk(tensors, filename, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3 * 3:  # model, optimizer, rng per checkpoint: the third checkpoint's rng
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file_on_a_full_disk)
+    run = ["train", *TINY, f"train.output_dir={tmp_path / 'run'}", *args]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipa: error: [Errno {errno.ENOSPC}] could not write checkpoint ")
+    assert "step_00000003 (No space left on device)" in err and err.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    assert main(run) == 0
+    assert_identical(final_weights(tmp_path / "run"), final_weights(tmp_path / "straight"))
+
+
 # ----------------------------------------------------------------------------- damaged and non-finite checkpoints
 
 
