@@ -76,10 +76,24 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     if not dist.is_initialized():
         global _control
         timeout = timedelta(minutes=timeout_minutes)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=dev if cuda else None)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=dev if cuda else None,
+                                store=_attempt_store(world, timeout), rank=rank, world_size=world)
         _control = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
         atexit.register(shutdown, clean=False)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun's static rendezvous (``--master-port``, one TCPStore kept by the agent
+    across restarts) a restarted worker would read the previous attempt's peer addresses,
+    still in the store, and wait forever connecting to dead processes (gloo's full mesh;
+    seen as restarts hanging in ``init_process_group``). So each restart attempt gets keys of
+    its own. Elsewhere (a plain env:// launch) None: torch's default store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"clipa/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
 
 
 def local_batch_size(global_batch: int, info: DistInfo) -> int:
