@@ -172,3 +172,24 @@ def test_a_folder_without_a_record_is_unverified_and_a_bad_record_is_named(tmp_p
         verify_checksums(folder)
     (folder / CHECKSUM_FILE).unlink()
     assert verify_checksums(folder) is False
+
+
+def test_a_truncated_checkpoint_without_checksums_is_still_named(tmp_path):
+    """Checkpoints written before checksums existed: the safetensors header says how long the
+    file must be."""
+    from safetensors.torch import save_file
+
+    from clipa.checkpoint import verify
+
+    step = tmp_path / "step_00000004"
+    step.mkdir()
+    save_file({"w": torch.arange(1000.0)}, str(step / "model.safetensors"))
+    (step / "state.json").write_text("{}")
+    verify(step)  # intact
+    weights = step / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ChecksumError, match=rf"{weights}: truncated"):
+        verify(step)
+    weights.write_bytes(b"\xff" * 16)
+    with pytest.raises(ChecksumError, match=rf"{weights}: truncated or not a safetensors file"):
+        verify(step)

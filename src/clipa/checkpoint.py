@@ -86,14 +86,41 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def verify(path: Path) -> None:
-    """Check a step folder's files against the checksums written with it (a folder written
-    before checksums existed passes) and that its ``state.json`` reads; a ChecksumError
-    names the damaged file."""
-    verify_checksums(path)
+    """Check a step folder's files against the checksums written with it and that its
+    ``state.json`` reads; a ChecksumError names the damaged file. A folder written before
+    checksums existed gets the cheap check alone: each safetensors file as long as its header says."""
+    if not verify_checksums(path):
+        for file in path.rglob("*.safetensors"):
+            _check_length(file)
     try:
         json.loads((path / "state.json").read_text())
     except ValueError as e:
         raise ChecksumError(f"{path / 'state.json'}: unreadable ({e})") from None
+
+
+def _check_length(file: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes
+    up to the largest end offset the header names: a truncated file is shorter."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 8 + n <= size else None
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        header = None
+    if header is None or size < 8 + n + end:
+        raise ChecksumError(f"{file}: truncated or not a safetensors file ({size} bytes)")
+
+
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    """``safetensors`` ``load_file``, its failure a ChecksumError naming the file."""
+    try:
+        return load_file(str(file))
+    except Exception as e:  # SafetensorError and OS errors alike: the file is unusable
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ChecksumError(f"{file}: unreadable ({e})") from None
 
 
 def newest_intact(root: Path, log: Callable[[str], None]) -> Path | None:
@@ -164,7 +191,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return check_finite(read_sharded_model(found.path / SHARDED_DIR), found.path)
     file = found.path if found.kind == "weights" else found.path / MODEL_FILE
     if file.suffix == ".safetensors":
-        sd = load_file(str(file))
+        sd = _load_file(file)
     else:
         sd = torch.load(file, map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and "state_dict" in sd:
@@ -442,12 +469,12 @@ def read_checkpoint(path: str | Path, info: DistInfo) -> dict[str, Any]:
     state = json.loads((path / "state.json").read_text())
     out: dict[str, Any] = {"path": path, "state": state, "model": read_weights(path)}
     if (path / "optimizer.safetensors").exists():
-        out["optimizer"] = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        out["optimizer"] = _unflatten_optimizer(_load_file(path / "optimizer.safetensors"), state["optimizer"])
     saved_world = state.get("world_size", 1)
     if saved_world > 1 and saved_world == info.world_size:
         state["loader"] = state["loader_ranks"][info.rank]
     if (path / "rng.safetensors").exists():
-        rngs = load_file(str(path / "rng.safetensors"))
+        rngs = _load_file(path / "rng.safetensors")
         prefix = f"rank{info.rank}." if info.rank else ""  # rank 0's keys have no prefix (and no dot)
         mine = {k[len(prefix):]: v for k, v in rngs.items()
                 if k.startswith(prefix) and "." not in k[len(prefix):]}
