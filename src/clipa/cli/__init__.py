@@ -9,6 +9,7 @@ Experiments are configured by YAML files plus ``key.sub=value`` overrides, not b
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..data.stream import EmptySourceError
@@ -61,3 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"clipa: error: {error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training started (during it, train saves first)
+        if args.debug:
+            raise
+        print("clipa: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
