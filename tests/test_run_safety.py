@@ -413,7 +413,9 @@ def test_torchrun_restarts_after_a_killed_worker_finish_identical(tmp_path):
         proc = _torchrun(out, _free_port())
         time.sleep(rng.uniform(0.4, 0.9) * duration)
         workers = _children(proc.pid)
-        if workers:
-            os.kill(rng.choice(workers), signal.SIGKILL)
-        assert proc.wait(timeout=900) == 0, f"try {i}: " + proc.stdout.read()[-3000:]
+        assert workers, f"try {i}: the run ended before a worker could be killed"
+        os.kill(rng.choice(workers), signal.SIGKILL)
+        output = proc.communicate(timeout=900)[0]
+        assert proc.returncode == 0, f"try {i}: " + output[-3000:]
+        assert "will restart worker group" in output, f"try {i}: no restart happened"
         assert_identical(final_weights(out), reference)
