@@ -1,13 +1,13 @@
 """Fault injection: random kills, signals and full disks against a short run, restarted until done.
 
-A two-stage tiny-CLIP run on the built-in digits (checkpoints every 3 steps, ``train.resume=auto``)
-is first run once without faults: the reference. Each trial then runs the same command in a
+A two-stage tiny-CLIP run on the built-in digits (checkpoints every 3 steps, the newest two kept,
+``train.resume=auto``) is first run once without faults: the reference. Each trial then runs the same command in a
 fresh folder and, at a random moment, does one of:
 
 - ``kill``: SIGKILL (a crash, an out-of-memory kill, a lost node);
 - ``sigterm`` / ``sigint`` / ``sigusr1``: what SLURM (``--signal``), Ctrl-C or a scheduler sends;
   clipa should finish the step, save, say where and exit;
-- ``double-sigint``: a second Ctrl-C two seconds later, which should stop it at once;
+- ``double-sigint``: a second Ctrl-C three seconds later, which should stop it at once;
 - ``disk-full``: the run folder (its own small tmpfs, so root is needed; skipped otherwise) is
   filled to the last byte; clipa should stop with an error and leave its checkpoints intact.
   The space is freed before the restart.
@@ -43,7 +43,7 @@ RUN = [
     "stages=[{name: small, samples: 384, batch_size: 32, warmup: 2, text_length: 8},"
     " {name: large, image_size: 24, samples: 192, batch_size: 32, warmup: 1, text_length: 8}]",
     "train.progress=false", "train.threads=1", "train.device=cpu", "train.checkpoint_every=3",
-    "train.resume=auto",
+    "train.keep_last=2", "train.resume=auto",
 ]
 KINDS = ["kill", "sigterm", "sigint", "sigusr1", "double-sigint", "disk-full"]
 SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigusr1": signal.SIGUSR1,
@@ -69,7 +69,7 @@ def identical(a: dict | None, b: dict | None) -> bool:
 class Disk:
     """A run folder on its own small tmpfs, which ``fill`` fills to the last byte."""
 
-    def __init__(self, folder: Path, size_mb: int = 64):
+    def __init__(self, folder: Path, size_mb: int = 512):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
@@ -104,7 +104,7 @@ def inject(kind: str, proc: subprocess.Popen, disk: Disk) -> None:
     else:
         proc.send_signal(SIGNALS[kind])
         if kind == "double-sigint":
-            time.sleep(2)
+            time.sleep(3)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
 

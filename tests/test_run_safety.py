@@ -419,3 +419,37 @@ def test_torchrun_restarts_after_a_killed_worker_finish_identical(tmp_path):
         assert proc.returncode == 0, f"try {i}: " + output[-3000:]
         assert "will restart worker group" in output, f"try {i}: no restart happened"
         assert_identical(final_weights(out), reference)
+
+
+def _stall_worker(rank: int, port: int, out: str) -> None:
+    import time
+
+    from clipa import distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    info = distributed.init_distributed("cpu", timeout_minutes=0.05)  # 3 s
+    if rank == 1:
+        time.sleep(10)  # stalled (a hung data read, a dead node)
+    try:
+        distributed.barrier(info, "a checkpoint")
+        message = "passed"
+    except distributed.StalledRankError as e:
+        message = str(e)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(message)
+    os._exit(0)  # the group is broken: leave without the teardown
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_is_named_after_the_timeout(tmp_path):
+    import time
+
+    import torch.multiprocessing as mp
+
+    t0 = time.monotonic()
+    mp.start_processes(_stall_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    message = (tmp_path / "rank0.txt").read_text()
+    assert "rank 0 waited in vain for the others at a checkpoint" in message
+    assert "Ranks 1 failed to pass monitoredBarrier in 3000 ms" in message
+    assert time.monotonic() - t0 < 120

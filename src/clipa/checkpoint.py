@@ -337,17 +337,26 @@ def _write_step(
     tmp = root / f"{TMP_PREFIX}step_{step:08d}-{os.getpid()}"
     try:
         _write_files(tmp, model_sd, optimizer_sd, state, rng, write_extra)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); "
-                               "the checkpoints before it are intact") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        error = _os_error(e)
+        if error is None:
+            raise
+        raise OSError(error.errno, f"could not write checkpoint {final} ({error.strerror or error}); "
+                                   "the checkpoints before it are intact") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` as the OSError it is or wraps (safetensors reports a full disk as its own error
+    with "os error 28" in the text); None for anything else."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
 
 
 def _write_files(tmp: Path, model_sd: dict[str, torch.Tensor] | None, optimizer_sd: dict | None, state: dict,

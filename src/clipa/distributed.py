@@ -30,6 +30,7 @@ from .models import CLIP, load_weights
 # together between steps (stop on a signal, agree on an error) and for barriers that can name
 # a rank that never arrives, without a GPU synchronisation. Under gloo it is the world group.
 _control: dist.ProcessGroup | None = None
+_timeout = timedelta(minutes=30)  # train.timeout_minutes, once init_distributed has run
 
 
 @dataclass
@@ -74,8 +75,8 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     if not dist.is_initialized():
-        global _control
-        timeout = timedelta(minutes=timeout_minutes)
+        global _control, _timeout
+        timeout = _timeout = timedelta(minutes=timeout_minutes)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=dev if cuda else None,
                                 store=_attempt_store(world, timeout), rank=rank, world_size=world)
         _control = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
@@ -129,7 +130,8 @@ def barrier(info: DistInfo, what: str = "a checkpoint") -> None:
 
 def _monitored_barrier(what: str) -> None:
     try:
-        dist.monitored_barrier(group=_control, wait_all_ranks=True)
+        # the timeout given explicitly: left out, torch uses its default (30 minutes), not the group's
+        dist.monitored_barrier(group=_control, timeout=_timeout, wait_all_ranks=True)
     except RuntimeError as e:
         # gloo names them: "Ranks 1, 3 failed to pass monitoredBarrier in 1800000 ms"
         raise StalledRankError(f"rank {dist.get_rank()} waited in vain for the others at {what} "

@@ -287,11 +287,16 @@ class Trainer:
                 tb.add_scalar(f"data/skipped_{reason}", count, g)
 
     def _evaluate(self, index: int, step: int) -> None:
+        model = distributed.full_model(self.wrapped, self.model, self.dist)
+        if self.dist.is_main:
+            self._record_evaluation(model, index, step)
+        # the others wait for rank 0 here rather than in their next collective, so that a rank 0
+        # stalled in its evaluation is named when train.timeout_minutes runs out
+        distributed.barrier(self.dist, "rank 0's evaluation")
+
+    def _record_evaluation(self, model: CLIP, index: int, step: int) -> None:
         from .evaluate import evaluate_during_training
 
-        model = distributed.full_model(self.wrapped, self.model, self.dist)
-        if not self.dist.is_main:
-            return
         metrics = evaluate_during_training(model, self.cfg, self.device)
         if not metrics:
             return
