@@ -342,11 +342,15 @@ class Trainer:
 
     def _check_before_training(self) -> None:
         """What would otherwise fail after training started, checked before the first step:
-        every stage's batch splits over the processes, the evaluation set opens."""
+        every stage's batch splits over the processes (and fits the digits), the evaluation set opens."""
         from .evaluate import check_evaluation
+
+        from ..data.digits import check_batch
 
         for stage in self.cfg.stages:
             distributed.local_batch_size(stage.batch_size, self.dist)
+            if self.cfg.data.source == "digits":
+                check_batch(stage.batch_size)
         distributed.from_main(lambda: check_evaluation(self.cfg, self.model.visual.cfg.image_size), self.dist)
 
     def _stop_signal(self) -> int:
