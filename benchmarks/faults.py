@@ -1,8 +1,8 @@
 """Fault injection: random kills, signals and full disks against a short run, restarted until done.
 
-A two-stage tiny-CLIP run on the built-in digits (checkpoints every 3 steps, the newest two kept,
-``train.resume=auto``) is first run once without faults: the reference. Each trial then runs the same command in a
-fresh folder and, at a random moment, does one of:
+A two-stage tiny-CLIP run on the built-in digits (checkpoints every 3 steps, the newest two
+kept, ``train.resume=auto``) is first run once without faults: the reference. Each trial then
+runs the same command in a fresh folder and, at a random moment, does one of:
 
 - ``kill``: SIGKILL (a crash, an out-of-memory kill, a lost node);
 - ``sigterm`` / ``sigint`` / ``sigusr1``: what SLURM (``--signal``), Ctrl-C or a scheduler sends;
