@@ -121,7 +121,7 @@ def trial(i: int, root: Path, reference: dict, duration: float, rng: random.Rand
                 proc = start(out, log)
                 if faults:
                     kind = faults.pop(0)
-                    time.sleep(rng.uniform(0.2, 1.0) * duration)
+                    time.sleep(rng.uniform(0.3, 1.0) * duration)
                     if proc.poll() is None:
                         inject(kind, proc, disk)
                         events.append(kind)
