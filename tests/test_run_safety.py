@@ -455,3 +455,31 @@ def test_a_stalled_rank_is_named_after_the_timeout(tmp_path):
     assert "rank 0 waited in vain for the others at a checkpoint" in message
     assert "Ranks 1 failed to pass monitoredBarrier in 3000 ms" in message
     assert time.monotonic() - t0 < 120
+
+
+def test_ctrl_c_to_the_whole_process_group_saves_with_loader_workers(tmp_path):
+    """A terminal's Ctrl-C (and SLURM's signal) reaches the loader workers too: they must
+    leave it to the training process, which finishes its step and saves."""
+    from test_eval_data import _jpeg, _tar
+
+    _tar(tmp_path / "shard-0.tar", [(f"s{i}", {"jpg": _jpeg((i * 4, 0, 0)), "txt": f"a red {i} square".encode()})
+                                    for i in range(64)])
+    cmd = [sys.executable, "-m", "clipa", "train", *TINY, f"data.source={tmp_path / 'shard-0.tar'}",
+           "data.workers=2", "data.shuffle_buffer=8", "stage.samples=3200", "stage.batch_size=16",
+           f"train.output_dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in proc.stdout:  # the stage has started: workers are reading
+        lines.append(line)
+        if line.startswith("stage 0"):
+            break
+    import time
+
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
+    assert "stopped by SIGINT: checkpoint saved in" in output, output[-3000:]
+    assert output.count("SIGINT received") == 1, output[-3000:]  # the workers neither die nor announce it
+    assert checkpoint.step_folders(tmp_path / "run" / "checkpoints")

@@ -29,6 +29,7 @@ import importlib
 import json
 import logging
 import math
+import signal
 from collections import Counter
 from dataclasses import asdict
 from typing import Callable, Iterator, Protocol, runtime_checkable
@@ -62,6 +63,14 @@ class Loader(Protocol):
     def state_dict(self) -> dict: ...
 
     def stats(self) -> dict[str, int]: ...
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a loader worker: leave Ctrl-C, SIGTERM and SIGUSR1 (which a terminal or SLURM sends
+    to every process) to the training process, which finishes its step and saves first; a
+    worker ends when the training process does."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def check_state(state: dict, version: int, fingerprint: dict) -> None:
@@ -140,6 +149,7 @@ class TrainLoader:
         return DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
             generator=torch.Generator().manual_seed(c.seed),  # leaves the global RNG alone
+            worker_init_fn=ignore_stop_signals,
         )
 
     def _epoch_end(self) -> list[int]:
