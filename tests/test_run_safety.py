@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 
 import pytest
@@ -483,3 +484,36 @@ def test_ctrl_c_to_the_whole_process_group_saves_with_loader_workers(tmp_path):
     assert "stopped by SIGINT: checkpoint saved in" in output, output[-3000:]
     assert output.count("SIGINT received") == 1, output[-3000:]  # the workers neither die nor announce it
     assert checkpoint.step_folders(tmp_path / "run" / "checkpoints")
+
+
+# ----------------------------------------------------------------------------- one line per mistake
+
+
+@pytest.mark.parametrize("case", ["yaml", "model", "csv column", "empty source", "non-finite loss", "cuda",
+                                  "stage index"])
+def test_every_user_error_is_one_line(tmp_path, monkeypatch, capsys, case):
+    import clipa.train.trainer as trainer_mod
+
+    run = [*TINY, f"train.output_dir={tmp_path / 'run'}", "stage.samples=64", "stage.batch_size=32"]
+    (tmp_path / "broken.yaml").write_text("train:\n  seed: 1\n stages: [\n")
+    (tmp_path / "pairs.csv").write_text("filepath,title\nx.png,a cat\n")
+    (tmp_path / "empty").mkdir()
+    tarfile_path = tmp_path / "empty" / "e-0.tar"
+    tarfile.open(tarfile_path, "w").close()
+    args, named = {
+        "yaml": (["train", str(tmp_path / "broken.yaml")], "broken.yaml: not valid YAML"),
+        "model": (["train", *run, "model=ViT-Nope"], "unknown model 'ViT-Nope'"),
+        "csv column": (["train", *run, f"data.source={tmp_path / 'pairs.csv'}", "data.csv_caption_key=caption"],
+                       "no column 'caption'"),
+        "empty source": (["train", *run, f"data.source={tarfile_path}"], "e-0.tar' gave rank 0 no complete batch"),
+        "non-finite loss": (["train", *run, "train.max_bad_steps=2"], "2 consecutive steps had a NaN"),
+        "cuda": (["train", *run, "train.device=cuda"], "no CUDA device"),
+        "stage index": (["train", *run, "stages.2.lr=1e-3"], "stages.2.lr: stages.2 names no item"),
+    }[case]
+    if case == "non-finite loss":
+        monkeypatch.setattr(trainer_mod, "forward_backward", lambda *a, **k: float("nan"))
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipa: error: ") and err.count("\n") == 1 and named in err, err
