@@ -185,7 +185,7 @@ class DataConfig:
     """Where training pairs come from and how images are augmented."""
 
     source: str = "digits"
-    """The built-in "digits", a webdataset pattern, a csv file or a folder; "::" joins several."""
+    """The built-in "digits" or "world", a webdataset pattern, a csv file or a folder; "::" joins several."""
     weights: list[float] | None = None
     """Per-source sampling weights when ``source`` joins several."""
     csv_image_key: str = "filepath"

@@ -30,6 +30,11 @@ def evaluate_during_training(model: CLIP, cfg: RunConfig, device: torch.device) 
     if cfg.eval.data is None:
         if cfg.data.source == "digits":
             return evaluate_digits(model, device, cfg.eval.batch_size)
+        if cfg.data.source == "world":
+            from ..eval.world import evaluate_world
+            from ..tokenizer import tokenizer_for
+
+            return evaluate_world(model, tokenizer_for(model), device, cfg.eval.batch_size)
         return {}
     from ..eval.runner import run_evals
     from ..tokenizer import tokenizer_for
