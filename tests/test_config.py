@@ -95,9 +95,9 @@ def test_yaml_on_and_off_are_the_tiled_loss_choices():
 def test_ranges_are_still_checked():
     with pytest.raises(ConfigError, match=r"stages.0.image_reduction.ratio must be in \[0, 1\)"):
         load_config(None, ["stage.image_reduction.ratio=1.0"])
-    with pytest.raises(ConfigError, match="samples and batch_size must be positive"):
+    with pytest.raises(ConfigError, match="stages.0.batch_size must be a positive finite number, got 0"):
         load_config(None, ["stage.batch_size=0"])
-    with pytest.raises(ConfigError, match="train.microbatch_size must be positive"):
+    with pytest.raises(ConfigError, match="train.microbatch_size must be a positive"):
         load_config(None, ["train.microbatch_size=0"])
 
 
@@ -173,3 +173,86 @@ def test_lr_and_lr_per_256_together_must_agree(tmp_path):
     saved = to_dict(load_config(None, ["stage.lr_per_256=1e-4", "stage.batch_size=512"]))
     path = _write(tmp_path / "saved.yaml", yaml.safe_dump(saved))
     assert to_dict(load_config(path)) == saved
+
+
+@pytest.mark.parametrize("override, key", [
+    # each would run and give a wrong result: a negative clip flips the gradients, a negative
+    # weight drops a source, a zero length means "the model's", an infinite lr NaNs the weights
+    ("optim.grad_clip=-1", "optim.grad_clip"),
+    ("optim.grad_clip=0", "optim.grad_clip"),
+    ("data.weights=[1,-1]", "data.weights.1"),
+    ("data.weights=[0,1]", "data.weights.0"),
+    ("stage.text_length=0", "stages.0.text_length"),
+    ("stage.image_size=-224", "stages.0.image_size"),
+    ("stage.lr=.inf", "stages.0.lr"),
+    ("stage.lr=.nan", "stages.0.lr"),
+    ("stage.lr=0", "stages.0.lr"),
+    ("stage.lr_per_256=-1e-3", "stages.0.lr_per_256"),
+    ("stage.lr_per_256=.inf", "stages.0.lr_per_256"),
+    ("stage.samples=-5", "stages.0.samples"),
+    ("stage.warmup=-1", "stages.0.warmup"),
+    ("stage.min_lr=-1e-5", "stages.0.min_lr"),
+    ("stage.image_reduction.keep=0", "stages.0.image_reduction.keep"),
+    ("optim.beta2=1.0", "optim.beta2"),
+    ("optim.eps=0", "optim.eps"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("eval.batch_size=0", "eval.batch_size"),
+    ("eval.max_samples=0", "eval.max_samples"),
+    ("eval.every=-1", "eval.every"),
+    ("train.microbatch_size=-8", "train.microbatch_size"),
+    ("train.keep_last=0", "train.keep_last"),
+    ("train.timeout_minutes=0", "train.timeout_minutes"),
+    ("train.timeout_minutes=.inf", "train.timeout_minutes"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every"),
+    ("train.max_bad_steps=0", "train.max_bad_steps"),
+    ("data.grayscale_prob=1.5", "data.grayscale_prob"),
+    ("data.scale=[0,1]", "data.scale.0"),
+    ("data.workers=-1", "data.workers"),
+])
+def test_out_of_range_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be "):
+        load_config(None, [override])
+
+
+def test_ranges_of_later_stages_name_the_stage(tmp_path):
+    recipe = _write(tmp_path / "r.yaml", "stages: [%s, %s]" % (STAGE % "a", "{name: b, samples: 8, batch_size: 4, lr: -1}"))
+    with pytest.raises(ConfigError, match=r"^stages.1.lr must be a positive finite number, got -1.0"):
+        load_config(recipe)
+
+
+def test_none_disables_and_boundary_values_pass():
+    cfg = load_config(None, ["optim.grad_clip=null", "data.weights=[2,0.5]", "stage.text_length=1",
+                             "stage.warmup=0", "train.keep_last=1", "data.scale=[1,1]", "optim.beta1=0"])
+    assert cfg.optim.grad_clip is None and cfg.stages[0].text_length == 1 and cfg.train.keep_last == 1
+
+
+def test_data_scale_must_be_ordered():
+    with pytest.raises(ConfigError, match=r"data.scale: the smaller area comes first"):
+        load_config(None, ["data.scale=[0.9,0.4]"])
+
+
+def test_run_folder_and_restart_settings():
+    cfg = load_config(None, ["train.resume=auto", "train.overwrite=true", "train.timeout_minutes=2.5"])
+    assert (cfg.train.resume, cfg.train.overwrite, cfg.train.timeout_minutes) == ("auto", True, 2.5)
+    default = load_config(None)
+    assert (default.train.overwrite, default.train.keep_last) == (False, None)
+    assert 0 < default.train.timeout_minutes <= 60, "the collective timeout is minutes, not hours"
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    recipe = _write(tmp_path / "broken.yaml", "train:\n  seed: 1\n stages: [\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(recipe))}: not valid YAML: .*\(line 3, column 2\)$"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match=r"^override 'stage.lr=\[1,': the value is not valid YAML"):
+        load_config(None, ["stage.lr=[1,"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.3.lr=1", r"^stages.3.lr: stages.3 names no item: stages has 1 \(numbered from 0\)$"),
+    ("stages.x.lr=1", r"^stages.x.lr: stages.x names no item"),
+    ("stages.-1.lr=1", r"^stages.-1.lr: stages.-1 names no item"),
+    ("stage.lr.x=1", r"^stage.lr.x: lr is a single value, it has no 'x'$"),
+])
+def test_overrides_into_a_missing_stage_or_below_a_value_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -38,13 +37,16 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .checksums import ChecksumError, verify_checksums, write_checksums
 from .config import ConfigError, RunConfig, from_dict
-from .distributed import DistInfo, barrier, is_sharded
+from .distributed import DistInfo, is_sharded, max_over_ranks
 from .models import CLIP, adapt_state_dict, load_weights
 from .models import create_model as build_model
+from .safe_load import dcp_load, read_dcp_metadata
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 SHARDED_DIR = "sharded"
+TMP_PREFIX = ".tmp-"  # a folder being written; renamed into place when complete
 MODEL_FILE = "model.safetensors"
 
 
@@ -64,17 +66,74 @@ class Found:
         return self.kind != "weights"
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete step folder with the highest step under ``root``, if any."""
+class NonFiniteWeightsError(ValueError):
+    """Weights holding NaN or infinity: never saved, and refused when loaded."""
+
+
+def step_folders(root: str | Path) -> list[Path]:
+    """The complete step folders under ``root`` (renamed into place, so with ``state.json``), newest first."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    steps = [
-        (int(m.group(1)), p)
-        for p in root.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / "state.json").exists()
-    ]
-    return max(steps)[1] if steps else None
+        return []
+    steps = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / "state.json").exists()]
+    return [p for _, p in sorted(steps, reverse=True)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete step folder with the highest step under ``root``, if any."""
+    steps = step_folders(root)
+    return steps[0] if steps else None
+
+
+def verify(path: Path) -> None:
+    """Check a step folder's files against the checksums written with it and that its
+    ``state.json`` reads; a ChecksumError names the damaged file. A folder written before
+    checksums existed gets the cheap check alone: each safetensors file as long as its header says."""
+    if not verify_checksums(path):
+        for file in path.rglob("*.safetensors"):
+            _check_length(file)
+    try:
+        json.loads((path / "state.json").read_text())
+    except ValueError as e:
+        raise ChecksumError(f"{path / 'state.json'}: unreadable ({e})") from None
+
+
+def _check_length(file: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes
+    up to the largest end offset the header names: a truncated file is shorter."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 8 + n <= size else None
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        header = None
+    if header is None or size < 8 + n + end:
+        raise ChecksumError(f"{file}: truncated or not a safetensors file ({size} bytes)")
+
+
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    """``safetensors`` ``load_file``, its failure a ChecksumError naming the file."""
+    try:
+        return load_file(str(file))
+    except Exception as e:  # SafetensorError and OS errors alike: the file is unusable
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ChecksumError(f"{file}: unreadable ({e})") from None
+
+
+def newest_intact(root: Path, log: Callable[[str], None]) -> Path | None:
+    """The newest step folder under ``root`` that ``verify`` passes; each damaged newer one
+    is skipped with a warning through ``log`` naming it and what is wrong."""
+    for path in step_folders(root):
+        try:
+            verify(path)
+            return path
+        except ChecksumError as e:
+            log(f"warning: skipping damaged checkpoint {path.name}: {e}")
+    return None
 
 
 def resolve(path: str | Path) -> Found:
@@ -100,13 +159,14 @@ def resolve(path: str | Path) -> Found:
     raise FileNotFoundError(f"no clipa checkpoint in {path}: no state.json, no step_* folder, no {MODEL_FILE}")
 
 
-def resume_from(setting: str | None, checkpoints: Path) -> Path | None:
-    """The step folder ``train.resume`` names: None (start afresh), "latest" (the newest
-    under this run's ``checkpoints`` folder, or afresh when there is none yet) or a path."""
+def resume_from(setting: str | None, checkpoints: Path, log: Callable[[str], None] = print) -> Path | None:
+    """The step folder ``train.resume`` names: None (start afresh), "latest" or "auto" (the
+    newest intact one under this run's ``checkpoints`` folder, damaged newer ones skipped with
+    a warning, or afresh when there is none) or a path (which must be intact)."""
     if setting is None:
         return None
-    if setting == "latest":
-        return latest_checkpoint(checkpoints)
+    if setting in ("latest", "auto"):
+        return newest_intact(checkpoints, log)
     try:
         found = resolve(setting)
     except FileNotFoundError as e:
@@ -114,6 +174,7 @@ def resume_from(setting: str | None, checkpoints: Path) -> Path | None:
     if not found.is_step:
         raise ConfigError(f"train.resume={setting} is a weights file, not a clipa checkpoint: "
                          "start from it with pretrained= instead")
+    verify(found.path)
     return found.path
 
 
@@ -125,11 +186,13 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     one process, on CPU). Torch files are read with ``weights_only=True``; a wrapper's
     ``state_dict`` key and DDP's ``module.`` prefix are taken off."""
     found = resolve(path)
+    if found.is_step:
+        verify(found.path)
     if found.kind == "sharded" and not (found.path / MODEL_FILE).exists():
-        return read_sharded_model(found.path / SHARDED_DIR)
+        return check_finite(read_sharded_model(found.path / SHARDED_DIR), found.path)
     file = found.path if found.kind == "weights" else found.path / MODEL_FILE
     if file.suffix == ".safetensors":
-        sd = load_file(str(file))
+        sd = _load_file(file)
     else:
         sd = torch.load(file, map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and "state_dict" in sd:
@@ -138,6 +201,16 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file} does not hold a state dict")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    return check_finite(sd, file)
+
+
+def check_finite(sd: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """``sd`` itself, or a NonFiniteWeightsError naming ``source`` and the first bad tensor."""
+    bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteWeightsError(f"{source} holds non-finite weights (NaN or infinity in {bad[0]}{more}); "
+                                    "it cannot be evaluated, exported or resumed: use an earlier checkpoint")
     return sd
 
 
@@ -176,38 +249,30 @@ def load_model(path: str | Path, model_name: str | None = None) -> tuple[CLIP, R
 
 def read_sharded_model(shards: str | Path) -> dict[str, torch.Tensor]:
     """The whole model state dict from a ``sharded/`` folder, in one process, on CPU."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    meta = dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata
+    meta = read_dcp_metadata(shards).state_dict_metadata
     sd = {
         k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype)
         for k, m in meta.items()
         if k.startswith("model.") and isinstance(m, TensorStorageMetadata)
     }
-    _dcp_load({"model": sd}, shards, no_dist=True)
+    dcp_load({"model": sd}, shards, no_dist=True)
     return sd
-
-
-def _dcp_load(state: dict, shards: str | Path, no_dist: bool) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    with warnings.catch_warnings():  # it warns about no_dist even when asked for it
-        warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(shards), no_dist=no_dist)
 
 
 def consolidate(path: str | Path) -> Path:
     """Write ``model.safetensors`` into a sharded step folder, so that it loads anywhere as
     a single-file checkpoint (the optimizer stays sharded; resuming reads it under any
-    number of processes). Returns the file."""
+    number of processes). Returns the file; the folder's checksums then cover it too."""
     found = resolve(path)
     if found.kind != "sharded":
         raise FileNotFoundError(f"{found.path} has no {SHARDED_DIR}/ folder: not a sharded checkpoint")
     out = found.path / MODEL_FILE
     tmp = found.path / f".{MODEL_FILE}.tmp"
-    save_file({k: v.contiguous() for k, v in read_sharded_model(found.path / SHARDED_DIR).items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in read_weights(found.path).items()}, str(tmp))
     os.replace(tmp, out)
+    write_checksums(found.path)
     return out
 
 
@@ -293,11 +358,38 @@ def _write_step(
     rng: dict[str, torch.Tensor],
     write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``root/step_{step}`` atomically and return its path. ``write_extra(tmp)`` adds
-    files before the rename (the fsdp shards, when ``model_sd`` is None)."""
+    """Write ``root/step_{step}`` atomically, its checksums last, and return its path.
+    ``write_extra(tmp)`` adds files before the rename (the fsdp shards, when ``model_sd`` is
+    None). A failed write (a full disk) leaves nothing behind and is an OSError naming the step."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}step_{step:08d}-{os.getpid()}"
+    try:
+        _write_files(tmp, model_sd, optimizer_sd, state, rng, write_extra)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = _os_error(e)
+        if error is None:
+            raise
+        raise OSError(error.errno, f"could not write checkpoint {final} ({error.strerror or error}); "
+                                   "the checkpoints before it are intact") from None
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` as the OSError it is or wraps (safetensors reports a full disk as its own error
+    with "os error 28" in the text); None for anything else."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+
+
+def _write_files(tmp: Path, model_sd: dict[str, torch.Tensor] | None, optimizer_sd: dict | None, state: dict,
+                 rng: dict[str, torch.Tensor], write_extra: Callable[[Path], None] | None) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -312,42 +404,91 @@ def _write_step(
         state["optimizer"] = meta
     save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    write_checksums(tmp)
+
+
+def remove_temporaries(root: str | Path) -> list[str]:
+    """Delete the half-written folders of writers that died (``.tmp-*`` under ``root``) and
+    return their names. Only safe while no other run writes here: the run folder's lock."""
+    root = Path(root)
+    stale = sorted(root.glob(f"{TMP_PREFIX}*")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return [p.name for p in stale]
+
+
+def prune(root: str | Path, keep_last: int) -> list[str]:
+    """Delete all but the newest ``keep_last`` step folders under ``root`` (``train.keep_last``);
+    return the names deleted."""
+    old = step_folders(root)[keep_last:]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in old]
+
+
+def _weights_finite(wrapped: nn.Module, info: DistInfo) -> bool:
+    """Whether every rank's weights (its shards, under fsdp) are finite: the check before a save."""
+    from torch.distributed.tensor import DTensor
+
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in wrapped.parameters()]
+    bad = any(not torch.isfinite(t).all() for t in local if t.numel())
+    return max_over_ranks(int(bad), info) == 0
 
 
 def save_checkpoint(root: str | Path, step: int, wrapped: nn.Module, model: nn.Module, optimizer,
-                    state: dict, rng: dict[str, torch.Tensor], info: DistInfo) -> None:
+                    state: dict, rng: dict[str, torch.Tensor], info: DistInfo,
+                    keep_last: int | None = None) -> Path | None:
     """Write step ``step`` under ``root`` (a collective under torchrun): single-file from
     rank 0 for one process or ddp, sharded from every rank for fsdp. ``state`` is the JSON
-    part, ``rng`` this rank's ``rng_state``; every rank's RNG and loader position are kept."""
+    part, ``rng`` this rank's ``rng_state``; every rank's RNG and loader position are kept.
+    Then only the newest ``keep_last`` step folders are kept (all when None).
+
+    Returns the step folder, or None, with nothing written, when the weights are not finite:
+    no checkpoint ever holds NaN or infinite weights. A failed write raises on every rank."""
     root = Path(root)
+    if not _weights_finite(wrapped, info):
+        return None
+    final = root / f"step_{step:08d}"
     if info.world_size == 1:
         _write_step(root, step, model.state_dict(), optimizer.state_dict(), state, rng)
-        return
+    else:
+        _save_across_ranks(root, step, wrapped, model, optimizer, state, rng, info)
+    if info.is_main and keep_last is not None:
+        prune(root, keep_last)
+    return final
+
+
+def _save_across_ranks(root: Path, step: int, wrapped: nn.Module, model: nn.Module, optimizer,
+                       state: dict, rng: dict[str, torch.Tensor], info: DistInfo) -> None:
     import torch.distributed as dist
 
     per_rank: list[Any] = [None] * info.world_size
     dist.all_gather_object(per_rank, {"rng": rng, "loader": state.get("loader")})
     state = {**state, "world_size": info.world_size, "loader_ranks": [p["loader"] for p in per_rank]}
     rngs = {f"rank{r}.{k}" if r else k: v for r, p in enumerate(per_rank) for k, v in p["rng"].items()}
-    if not is_sharded(wrapped):
-        if info.is_main:
-            _write_step(root, step, model.state_dict(), optimizer.state_dict(), state, rngs)
-        barrier(info)
-        return
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    write_extra = None
+    if is_sharded(wrapped):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    shards = root / f".tmp-{SHARDED_DIR}-step_{step:08d}"
-    dcp.save({"model": get_model_state_dict(wrapped), "optimizer": get_optimizer_state_dict(wrapped, optimizer)},
-             checkpoint_id=shards)
+        shards = root / f"{TMP_PREFIX}{SHARDED_DIR}-step_{step:08d}"
+        dcp.save({"model": get_model_state_dict(wrapped), "optimizer": get_optimizer_state_dict(wrapped, optimizer)},
+                 checkpoint_id=shards)
+
+        def write_extra(tmp: Path) -> None:
+            os.replace(shards, tmp / SHARDED_DIR)
+    error: OSError | None = None
     if info.is_main:
-        _write_step(root, step, None, None, state, rngs,
-                    write_extra=lambda tmp: os.replace(shards, tmp / SHARDED_DIR))
-    barrier(info)
+        try:
+            sharded = write_extra is not None
+            _write_step(root, step, None if sharded else model.state_dict(),
+                        None if sharded else optimizer.state_dict(), state, rngs, write_extra)
+        except OSError as e:
+            error = e
+    # doubles as the barrier: no rank goes on before the step folder is in place, and a
+    # failed write stops every rank rather than leaving the others waiting
+    if max_over_ranks(int(error is not None), info):
+        raise error or OSError(f"rank 0 could not write checkpoint {root / f'step_{step:08d}'}")
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -366,12 +507,12 @@ def read_checkpoint(path: str | Path, info: DistInfo) -> dict[str, Any]:
     state = json.loads((path / "state.json").read_text())
     out: dict[str, Any] = {"path": path, "state": state, "model": read_weights(path)}
     if (path / "optimizer.safetensors").exists():
-        out["optimizer"] = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        out["optimizer"] = _unflatten_optimizer(_load_file(path / "optimizer.safetensors"), state["optimizer"])
     saved_world = state.get("world_size", 1)
     if saved_world > 1 and saved_world == info.world_size:
         state["loader"] = state["loader_ranks"][info.rank]
     if (path / "rng.safetensors").exists():
-        rngs = load_file(str(path / "rng.safetensors"))
+        rngs = _load_file(path / "rng.safetensors")
         prefix = f"rank{info.rank}." if info.rank else ""  # rank 0's keys have no prefix (and no dot)
         mine = {k[len(prefix):]: v for k, v in rngs.items()
                 if k.startswith(prefix) and "." not in k[len(prefix):]}
@@ -392,7 +533,7 @@ def load_optimizer(restored: dict, wrapped: nn.Module, optimizer, info: DistInfo
     path = restored.get("path")
     if path is not None and (path / SHARDED_DIR).is_dir():
         osd = get_optimizer_state_dict(wrapped, optimizer)
-        _dcp_load({"optimizer": osd}, path / SHARDED_DIR, no_dist=info.world_size == 1)
+        dcp_load({"optimizer": osd}, path / SHARDED_DIR, no_dist=info.world_size == 1)
         set_optimizer_state_dict(wrapped, optimizer, osd)
     elif "optimizer" in restored:
         if is_sharded(wrapped):

@@ -27,7 +27,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import yaml
 
@@ -336,11 +336,20 @@ class TrainConfig:
     threads: int | None = None
     """CPU threads for torch; None = torch's default."""
     output_dir: str = "runs/default"
-    """Run folder: config, logs, checkpoints."""
+    """Run folder: config, logs, checkpoints. It belongs to one run: starting a new run in a
+    folder that holds another run's checkpoints is an error unless ``resume`` or ``overwrite``."""
     resume: str | None = None
-    """None, "latest" or a checkpoint path."""
+    """None (a new run), "latest" (continue this folder's newest checkpoint), "auto" (continue
+    it if the folder has one, else start: for automatic restarts) or a checkpoint path."""
+    overwrite: bool = False
+    """Start afresh in a folder holding another run's checkpoints, deleting them."""
     checkpoint_every: int = 0
-    """Steps between checkpoints; 0 = only at stage ends."""
+    """Steps between checkpoints; 0 = only at stage ends (and on SIGTERM/SIGINT/SIGUSR1)."""
+    keep_last: int | None = None
+    """Keep only the newest this many checkpoints; None = keep every one."""
+    timeout_minutes: float = 30.0
+    """How long a process waits in a collective (or to rendezvous) for the others before it
+    stops with an error naming the stalled rank; longer than the longest evaluation."""
     log_every: int = 10
     """Steps between log lines."""
     max_bad_steps: int = 5
@@ -504,13 +513,23 @@ def merge(base: dict, child: dict, where: str = "") -> dict:
     return out
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML parser error says, on one line, with the line and column it names."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
+
+
 def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The mapping a YAML recipe describes, its ``base:`` chain merged under it."""
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base:' chain loops back to this file")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base = loaded.pop("base", None)
@@ -521,26 +540,30 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merge(_read_recipe(path.parent / base, seen + (path.resolve(),)), loaded)
 
 
-def _set_path(tree: dict, path: str, value: Any) -> None:
-    """Set ``a.b.c`` (or ``stages.1.lr``) in a nested dict/list tree, creating mappings."""
+def _set_path(tree: dict, path: str, value: Any, key: str | None = None) -> None:
+    """Set ``a.b.c`` (or ``stages.1.lr``) in a nested dict/list tree, creating mappings. A
+    list index out of range, or a key below a plain value, is a ConfigError naming the
+    override's ``key`` (``path`` unless given)."""
     parts = path.split(".")
     node: Any = tree
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            idx = int(part)
-            node = node[idx]
-            continue
-        if part not in node or node[part] is None:
+            if not part.lstrip("-").isdigit() or not 0 <= int(part) < len(node):
+                raise ConfigError(f"{key or path}: {where} names no item: {'.'.join(parts[:i]) or 'the list'} "
+                                  f"has {len(node)} (numbered from 0)")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{key or path}: {'.'.join(parts[:i])} is a single value, it has no '{part}'")
+        if i == len(parts) - 1:
+            break
+        if isinstance(node, dict) and (part not in node or node[part] is None):
             # a list key like "stages" must already exist; anything else becomes a mapping
             node[part] = {}
         node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-        return
-    node[last] = value
+    node[part] = value
     # lr and lr_per_256 say the same thing: the one given last wins
-    other = _LR_PAIR.get(last)
+    other = _LR_PAIR.get(parts[-1])
     if other is not None and isinstance(node, dict):
         node.pop(other, None)
 
@@ -554,10 +577,13 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
         if key.startswith("stage."):  # shorthand: applies to every stage
             for stage in tree.setdefault("stages", [{}]):
-                _set_path(stage, key[len("stage."):], value)
+                _set_path(stage, key[len("stage."):], value, key)
         else:
             _set_path(tree, key, value)
     return tree
@@ -593,18 +619,79 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
-    """Check the ranges that types alone do not catch (choices are checked by their types)."""
-    if not cfg.stages:
-        raise ConfigError("stages: at least one stage is needed")
+# A range rule: what the message says a value must be, and the test. None always passes: it is
+# the documented "off" or "default" of every optional field.
+Rule = tuple[str, Callable[[Any], bool]]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+POSITIVE: Rule = ("a positive finite number", lambda v: _finite(v) and v > 0)
+NON_NEGATIVE: Rule = ("a finite number >= 0", lambda v: _finite(v) and v >= 0)
+PROBABILITY: Rule = ("in [0, 1]", lambda v: _finite(v) and 0 <= v <= 1)
+BELOW_ONE: Rule = ("in [0, 1)", lambda v: _finite(v) and 0 <= v < 1)
+AREA: Rule = ("in (0, 1]", lambda v: _finite(v) and 0 < v <= 1)
+
+
+def _ranges(cfg: RunConfig) -> Iterator[tuple[str, Any, Rule]]:
+    """Every ranged value of a run config, by key. A value a type accepts but the run would
+    misread (a negative clip flips gradients, a zero length means "the model's") is listed."""
+    d, o, e, t = cfg.data, cfg.optim, cfg.eval, cfg.train
+    for i, w in enumerate(d.weights or []):
+        yield f"data.weights.{i}", w, POSITIVE
+    yield "data.workers", d.workers, NON_NEGATIVE
+    yield "data.shuffle_buffer", d.shuffle_buffer, NON_NEGATIVE
+    yield "data.scale.0", d.scale[0], AREA
+    yield "data.scale.1", d.scale[1], AREA
+    for i, j in enumerate(d.color_jitter or ()):
+        yield f"data.color_jitter.{i}", j, NON_NEGATIVE
+    yield "data.color_jitter_prob", d.color_jitter_prob, PROBABILITY
+    yield "data.grayscale_prob", d.grayscale_prob, PROBABILITY
+    yield "data.num_samples", d.num_samples, POSITIVE
+    yield "data.max_image_pixels", d.max_image_pixels, POSITIVE
     for i, s in enumerate(cfg.stages):
         k = f"stages.{i}"
-        if not 0.0 <= s.image_reduction.ratio < 1.0:
-            raise ConfigError(f"{k}.image_reduction.ratio must be in [0, 1)")
-        if s.samples <= 0 or s.batch_size <= 0:
-            raise ConfigError(f"{k}: samples and batch_size must be positive")
-    if cfg.train.microbatch_size is not None and cfg.train.microbatch_size <= 0:
-        raise ConfigError("train.microbatch_size must be positive")
+        yield f"{k}.image_size", s.image_size, POSITIVE
+        yield f"{k}.image_reduction.ratio", s.image_reduction.ratio, BELOW_ONE
+        yield f"{k}.image_reduction.keep", s.image_reduction.keep, POSITIVE
+        yield f"{k}.text_length", s.text_length, POSITIVE
+        yield f"{k}.samples", s.samples, POSITIVE
+        yield f"{k}.batch_size", s.batch_size, POSITIVE
+        yield f"{k}.lr_per_256", s.lr_per_256, POSITIVE  # first: lr is computed from it
+        yield f"{k}.lr", s.lr, POSITIVE
+        yield f"{k}.warmup", s.warmup, NON_NEGATIVE
+        yield f"{k}.min_lr", s.min_lr, NON_NEGATIVE
+    yield "optim.beta1", o.beta1, BELOW_ONE
+    yield "optim.beta2", o.beta2, BELOW_ONE
+    yield "optim.eps", o.eps, POSITIVE
+    yield "optim.weight_decay", o.weight_decay, NON_NEGATIVE
+    yield "optim.grad_clip", o.grad_clip, POSITIVE
+    yield "eval.every", e.every, NON_NEGATIVE
+    yield "eval.batch_size", e.batch_size, POSITIVE
+    yield "eval.max_samples", e.max_samples, POSITIVE
+    yield "train.microbatch_size", t.microbatch_size, POSITIVE
+    yield "train.threads", t.threads, POSITIVE
+    yield "train.checkpoint_every", t.checkpoint_every, NON_NEGATIVE
+    yield "train.keep_last", t.keep_last, POSITIVE
+    yield "train.timeout_minutes", t.timeout_minutes, POSITIVE
+    yield "train.log_every", t.log_every, POSITIVE
+    yield "train.max_bad_steps", t.max_bad_steps, POSITIVE
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check the ranges that types alone do not catch (choices are checked by their types);
+    each failure is a ConfigError naming the key, as overrides name it."""
+    if not cfg.stages:
+        raise ConfigError("stages: at least one stage is needed")
+    for key, value, (want, ok) in _ranges(cfg):
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key} must be {want}, got {value!r}")
+    if cfg.data.scale[0] > cfg.data.scale[1]:
+        raise ConfigError(f"data.scale: the smaller area comes first, got {list(cfg.data.scale)}")
+    if cfg.train.resume == "":
+        raise ConfigError('train.resume: give "latest", "auto" or a checkpoint path (or leave it out)')
 
 
 def validate_model(cfg: ModelConfig) -> None:

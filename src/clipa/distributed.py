@@ -26,9 +26,11 @@ import torch.nn as nn
 from .config import TrainConfig
 from .models import CLIP, load_weights
 
-# Rank 0 may evaluate (or write a checkpoint) while the other ranks wait in their next
-# collective; NCCL's default 10-minute timeout is too short for a large zero-shot sweep.
-_TIMEOUT = timedelta(hours=2)
+# A CPU (gloo) group beside the training one: for the small decisions every rank must take
+# together between steps (stop on a signal, agree on an error) and for barriers that can name
+# a rank that never arrives, without a GPU synchronisation. Under gloo it is the world group.
+_control: dist.ProcessGroup | None = None
+_timeout = timedelta(minutes=30)  # train.timeout_minutes, once init_distributed has run
 
 
 @dataclass
@@ -55,10 +57,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     """Join torchrun's process group (NCCL on GPU, gloo on CPU); a plain run is one process
     on ``resolve_device(device)``. Under torchrun each process takes this node's GPU
-    ``LOCAL_RANK`` (when the device resolves to CUDA).
+    ``LOCAL_RANK`` (when the device resolves to CUDA). A collective (or the rendezvous) that
+    waits ``timeout_minutes`` for another rank fails instead of hanging (``train.timeout_minutes``).
     """
     dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -72,10 +75,26 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=_TIMEOUT,
-                                device_id=dev if cuda else None)
-        atexit.register(shutdown)
+        global _control, _timeout
+        timeout = _timeout = timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=dev if cuda else None,
+                                store=_attempt_store(world, timeout), rank=rank, world_size=world)
+        _control = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+        atexit.register(shutdown, clean=False)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun's static rendezvous (``--master-port``, one TCPStore kept by the agent
+    across restarts) a restarted worker would read the previous attempt's peer addresses,
+    still in the store, and wait forever connecting to dead processes (gloo's full mesh;
+    seen as restarts hanging in ``init_process_group``). So each restart attempt gets keys of
+    its own. Elsewhere (a plain env:// launch) None: torch's default store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"clipa/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
 
 
 def local_batch_size(global_batch: int, info: DistInfo) -> int:
@@ -85,16 +104,67 @@ def local_batch_size(global_batch: int, info: DistInfo) -> int:
     return global_batch // info.world_size
 
 
-def shutdown() -> None:
-    """Leave the process group (registered at exit; tests call it between runs)."""
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group: at the end of a run (``clean``), once every rank has arrived
+    here. A rank that tears its group down while a peer still talks to it makes gloo abort
+    that peer at exit ("terminate called without an active exception"). After an error (the
+    handler registered at exit) nobody waits: the others may never arrive."""
+    global _control
     if dist.is_initialized():
+        if clean:
+            _monitored_barrier("the end of the run")
         dist.destroy_process_group()
+    _control = None
 
 
-def barrier(info: DistInfo) -> None:
-    """Wait for every rank (a no-op in one process)."""
+class StalledRankError(RuntimeError):
+    """A rank did not arrive within ``train.timeout_minutes``: it stalled or died."""
+
+
+def barrier(info: DistInfo, what: str = "a checkpoint") -> None:
+    """Wait for every rank (a no-op in one process); after ``train.timeout_minutes`` fail
+    with an error naming the ranks that did not arrive and ``what`` they were waited on for."""
     if info.world_size > 1:
-        dist.barrier(device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        _monitored_barrier(what)
+
+
+def _monitored_barrier(what: str) -> None:
+    try:
+        # the timeout given explicitly: left out, torch uses its default (30 minutes), not the group's
+        dist.monitored_barrier(group=_control, timeout=_timeout, wait_all_ranks=True)
+    except RuntimeError as e:
+        # gloo names them: "Ranks 1, 3 failed to pass monitoredBarrier in 1800000 ms"
+        raise StalledRankError(f"rank {dist.get_rank()} waited in vain for the others at {what} "
+                           f"(a rank stalled or died; train.timeout_minutes sets the wait): {e}") from None
+
+
+def from_main(fn: Callable[[], Any], info: DistInfo) -> Any:
+    """``fn()`` run on rank 0 alone, its result on every rank; if it raises, every rank raises
+    that error (rather than the others waiting for rank 0 until the timeout). For decisions
+    about the shared run folder that one process takes for all."""
+    if info.world_size == 1:
+        return fn()
+    box: list[Any] = [None]
+    if info.is_main:
+        try:
+            box = [(True, fn())]
+        except Exception as e:
+            box = [(False, e)]
+    dist.broadcast_object_list(box, src=0, group=_control)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def max_over_ranks(value: int, info: DistInfo) -> int:
+    """The largest ``value`` any rank holds (itself in one process): how ranks agree between
+    steps, e.g. on stopping for a signal that reached some of them first. A CPU collective."""
+    if info.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return int(t.item())
 
 
 # ----------------------------------------------------------------------------- wrapping

@@ -9,17 +9,23 @@ Experiments are configured by YAML files plus ``key.sub=value`` overrides, not b
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
+from ..data.stream import EmptySourceError
+from ..distributed import StalledRankError
+from ..train.trainer import NonFiniteLossError
 from . import data, export, flops, plan, show_masks, train
 from . import eval as evaluate
 
 SUBCOMMANDS = (train, evaluate, export, flops, plan, show_masks, data)
 
-# Mistakes in what the user gave (a config key, a path, a model name, an unusable file): one line
-# naming it and exit status 2, as argparse does for a bad flag. ValueError covers the library's
-# ConfigError and ExportError; KeyError an unknown registry name.
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError)
+# Mistakes in what the user gave (a config key, a path, a model name, an unusable file) and
+# failures of the environment (a full disk, a stalled rank): one line naming it and exit status
+# 2, as argparse does for a bad flag. ValueError covers the library's ConfigError, ExportError,
+# damaged or unsafe checkpoints; KeyError an unknown registry name; OSError missing files and
+# full disks; the rest a run the data or the settings made impossible.
+USER_ERRORS = (OSError, ValueError, KeyError, EmptySourceError, NonFiniteLossError, StalledRankError)
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:
@@ -56,3 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"clipa: error: {error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training started (during it, train saves first)
+        if args.debug:
+            raise
+        print("clipa: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT

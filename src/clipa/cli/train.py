@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from .. import distributed
 from ..config import load_config
+from ..train.signals import TrainingStopped
 from ..train.trainer import Trainer
 
 
@@ -23,7 +26,15 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, config)
         config = None
     cfg = load_config(config, overrides)
-    results = Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    try:
+        results = trainer.fit()
+    except TrainingStopped as e:  # a signal: saved, every rank stopped at the same step
+        if trainer.dist.is_main:
+            print(f"clipa: {e}", file=sys.stderr)
+        distributed.shutdown()
+        return e.exit_status
+    distributed.shutdown()
     final = [r for r in results if "acc1" in r]
     if final:
         print(f"zero-shot top-1: {100 * final[-1]['acc1']:.1f}%")

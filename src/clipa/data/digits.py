@@ -148,3 +148,12 @@ def eval_split(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out images (normalised model input) and their labels."""
     _, _, images, labels = _load()
     return normalise(_to_uint8(_resize(images, image_size)), False, MEAN, STD), labels
+
+
+def check_batch(global_batch: int) -> None:
+    """The digits loader yields whole global batches only: one larger than the training split
+    would never yield one."""
+    n = len(_load()[1])
+    if global_batch > n:
+        raise ValueError(f"stage.batch_size={global_batch} is larger than the {n} training digits "
+                         "(data.source=digits): lower it")

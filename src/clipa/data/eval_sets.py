@@ -272,15 +272,20 @@ def open_data(data: str | Path, image_size: int, split: str = "test", classnames
 
     transform = build_eval_transform(image_size)
     path = Path(data)
-    if path.is_dir():
-        if (path / split).is_dir() and any((path / split).glob("*.tar")):
-            return clip_benchmark_set(path, split, transform, max_samples)
-        if any(path.glob("*.tar")):
-            return caption_shards_set(path, transform, max_samples)
+    benchmark = path.is_dir() and (path / split).is_dir() and any((path / split).glob("*.tar"))
+    if path.is_dir() and not benchmark and not any(path.glob("*.tar")):
         if classnames is None:
             raise FileNotFoundError(f"{path} looks like an image folder; give its class names with --classnames FILE")
         return image_folder_set(path, classnames, templates, transform, max_samples)
-    return caption_shards_set(data, transform, max_samples)
+    if benchmark:
+        evalset = clip_benchmark_set(path, split, transform, max_samples)
+    else:
+        evalset = caption_shards_set(path if path.is_dir() else data, transform, max_samples)
+    if templates is not None:  # given templates replace the set's own, and must exist
+        if evalset.kind != "classification":
+            raise ValueError(f"--templates {templates}: {evalset.name} is a retrieval set, which uses no templates")
+        evalset.templates = _read_lines(Path(templates))
+    return evalset
 
 
 # ----------------------------------------------------------------------------- loading

@@ -29,6 +29,7 @@ import importlib
 import json
 import logging
 import math
+import signal
 from collections import Counter
 from dataclasses import asdict
 from typing import Callable, Iterator, Protocol, runtime_checkable
@@ -63,6 +64,16 @@ class Loader(Protocol):
     def state_dict(self) -> dict: ...
 
     def stats(self) -> dict[str, int]: ...
+
+
+def worker_signals(worker_id: int) -> None:
+    """In a loader worker: leave Ctrl-C and SIGUSR1 (which a terminal or SLURM sends to every
+    process) to the training process, which finishes its step and saves first. SIGTERM keeps
+    its default, also when the worker was forked from a process that catches it: it is how
+    DataLoader and multiprocessing's exit stop workers, and the save needs none of them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def check_state(state: dict, version: int, fingerprint: dict) -> None:
@@ -141,6 +152,7 @@ class TrainLoader:
         return DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
             generator=torch.Generator().manual_seed(c.seed),  # leaves the global RNG alone
+            worker_init_fn=worker_signals,
         )
 
     def _epoch_end(self) -> list[int]:

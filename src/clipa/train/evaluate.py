@@ -46,3 +46,15 @@ def evaluate_during_training(model: CLIP, cfg: RunConfig, device: torch.device,
 
     # evaluate_set switches to eval mode
     return run_evals(model, tokenizer_for(model), cfg.eval, device, workers=cfg.data.workers, amp=amp)
+
+
+def check_evaluation(cfg: RunConfig, image_size: int) -> None:
+    """Open ``cfg.eval.data`` and read its first sample: a wrong path or layout fails before
+    training starts rather than at the first evaluation, after a stage of work."""
+    if cfg.eval.data is None:
+        return
+    from ..data.eval_sets import open_data
+
+    evalset = open_data(cfg.eval.data, image_size, max_samples=cfg.eval.max_samples)
+    if next(iter(evalset.dataset), None) is None:
+        raise ValueError(f"eval.data={cfg.eval.data}: the evaluation set holds no samples")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,8 +25,10 @@ from ..loss import clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
 from ..reduction.text import CaptionTokenizer
 from ..tokenizer import tokenizer_for
+from . import run_folder
 from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
+from .signals import StopRequests, TrainingStopped
 from .step import StepStats, TrainStep, autocast_dtype, compile_towers, configure_backends
 from .stage import ResolvedStage, resolve_stage
 
@@ -41,7 +44,7 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.dist = distributed.init_distributed(cfg.train.device)
+        self.dist = distributed.init_distributed(cfg.train.device, cfg.train.timeout_minutes)
         self.device = self.dist.device
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -95,17 +98,28 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
 
     def fit(self) -> list[dict]:
-        """Run every stage (resuming where a checkpoint says); return the evaluation results."""
-        resume = checkpoint.resume_from(self.cfg.train.resume, self.ckpt_dir)
+        """Run every stage (resuming where a checkpoint says); return the evaluation results.
+        Holds the run folder's lock throughout; a stop signal ends it with ``TrainingStopped``
+        after a checkpoint (see ``signals``)."""
+        with StopRequests(announce=self.dist.is_main) as self.stop, ExitStack() as folder:
+            resume = distributed.from_main(lambda: self._claim_folder(folder), self.dist)
+            self._check_before_training()
+            return self._fit(resume)
+
+    def _fit(self, resume: Path | None) -> list[dict]:
         start_stage, start_step, loader_state, restored = 0, 0, None, None
         if resume is not None:
             restored = checkpoint.read_checkpoint(resume, self.dist)
             st = restored["state"]
             start_stage, start_step, loader_state = st["stage"], st["stage_step"], st.get("loader")
             self.results = st.get("results", [])
+            self._skipped_before = st.get("skipped_steps", 0)  # the new stage step counts from zero
             if st.get("stage_done"):
                 start_stage, start_step, loader_state = start_stage + 1, 0, None
             self._log(f"resuming from {resume} (stage {start_stage}, step {start_step})")
+        self._write_results()  # the checkpoint's: evaluations made after it are made again
+        if restored is not None and restored["state"].get("stage_done"):
+            self._evaluate_if_missing(restored)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
@@ -163,6 +177,9 @@ class Trainer:
             self._report(progress, step, lr, rate, loader)
             done = step + 1 == total
             every = self.cfg.train.checkpoint_every
+            stop = self._stop_signal()
+            if stop and not done:
+                raise TrainingStopped(stop, self._save(index, step + 1, optimizer, loader, stage_done=False))
             if every and (step + 1) % every == 0 and not done:
                 self._save(index, step + 1, optimizer, loader, stage_done=False)
             if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and not done:
@@ -172,8 +189,11 @@ class Trainer:
         skipped = self._check_steps(total).skipped
         self.model = distributed.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
         self.model.visual.set_token_reduction(None)
+        # saved before it is evaluated: a mistake in the evaluation set-up loses no training
+        saved = self._save(index, total, optimizer, loader, stage_done=True)
+        if stop := self._stop_signal():
+            raise TrainingStopped(stop, saved)
         self._evaluate(index, total)
-        self._save(index, total, optimizer, loader, stage_done=True)
         self._skipped_before += skipped
         self.step = None
 
@@ -255,11 +275,16 @@ class Trainer:
                 tb.add_scalar(f"data/skipped_{reason}", count, g)
 
     def _evaluate(self, index: int, step: int) -> None:
+        model = distributed.evaluation_model(self.wrapped, self.model, self.dist)  # None on ranks > 0
+        if model is not None:
+            self._record_evaluation(model, index, step)
+        # the others wait for rank 0 here rather than in their next collective, so that a rank 0
+        # stalled in its evaluation is named when train.timeout_minutes runs out
+        distributed.barrier(self.dist, "rank 0's evaluation")
+
+    def _record_evaluation(self, model: CLIP, index: int, step: int) -> None:
         from .evaluate import evaluate_during_training
 
-        model = distributed.evaluation_model(self.wrapped, self.model, self.dist)  # None on ranks > 0
-        if model is None:
-            return
         metrics = evaluate_during_training(model, self.cfg, self.device, self.dtype)
         if not metrics:
             return
@@ -275,7 +300,7 @@ class Trainer:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         self._log(f"eval after stage {index} step {step}: {shown}")
 
-    def _save(self, index: int, stage_step: int, optimizer, loader, stage_done: bool) -> None:
+    def _save(self, index: int, stage_step: int, optimizer, loader, stage_done: bool) -> Path | None:
         state = {
             "stage": index,
             "stage_step": stage_step,
@@ -286,10 +311,52 @@ class Trainer:
             "results": self.results,
             "skipped_steps": self._skipped_before + self._check_steps(stage_step).skipped,
         }
-        checkpoint.save_checkpoint(
+        path = checkpoint.save_checkpoint(
             self.ckpt_dir, state["global_step"], self.wrapped, self.model, optimizer, state,
-            checkpoint.rng_state(self.generator), self.dist,
+            checkpoint.rng_state(self.generator), self.dist, keep_last=self.cfg.train.keep_last,
         )
+        if path is None:
+            self._log(f"stage {index} step {stage_step}: the weights are not finite (NaN or infinity); "
+                      "no checkpoint written")
+        return path
+
+    # ------------------------------------------------------------------ run folder and stopping
+
+    def _claim_folder(self, folder: ExitStack) -> Path | None:
+        """Rank 0: take the run folder's lock (released when ``folder`` closes), apply its
+        rules and return the checkpoint to resume from (``run_folder``)."""
+        folder.enter_context(run_folder.locked(self.out, self._log))
+        return run_folder.prepare(self.out, self.cfg, self._log)
+
+    def _check_before_training(self) -> None:
+        """What would otherwise fail after training started, checked before the first step
+        (the stages themselves were resolved in ``__init__``): every stage's batch fits a
+        finite source, the evaluation set opens."""
+        from ..data.digits import check_batch
+        from .evaluate import check_evaluation
+
+        if self.cfg.data.source == "digits":
+            for stage in self.cfg.stages:
+                check_batch(stage.batch_size)
+        distributed.from_main(lambda: check_evaluation(self.cfg, self.model.visual.image_size), self.dist)
+
+    def _stop_signal(self) -> int:
+        """The stop signal any rank has received (0: none): all ranks stop at the same step."""
+        return distributed.max_over_ranks(self.stop.signum, self.dist)
+
+    def _write_results(self) -> None:
+        """``results.jsonl`` as the run's results so far (a resumed run's: its checkpoint's)."""
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.results))
+
+    def _evaluate_if_missing(self, restored: dict) -> None:
+        """A stage-end checkpoint is written before the stage's evaluation; a run stopped in
+        between evaluates on resuming."""
+        st = restored["state"]
+        if not any(r["stage"] == st["stage"] and r["step"] == st["stage_step"] for r in self.results):
+            load_weights(self.model, restored["model"])
+            self._evaluate(st["stage"], st["stage_step"])
 
     def _log(self, msg: str) -> None:
         if self.dist.is_main:
