@@ -17,6 +17,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -390,6 +391,19 @@ def test_loader_batches_are_normalised_float_images(tmp_path):
 # ----------------------------------------------------------------------------- tools
 
 
+def test_inspect_grid_keeps_a_visible_space_between_words(tmp_path):
+    """The default font's space is 2 px at small sizes: captions in the grid read as one word.
+    Measured on the picture: every gap between the ink of "I I I I" is at least 4 px wide."""
+    from clipa.data.tools import _grid
+
+    _grid([("I I I I", Image.new("RGB", (50, 50), "white"))], tmp_path / "g.png")
+    band = np.asarray(Image.open(tmp_path / "g.png").convert("L"))[200:]
+    ink = (band < 128).any(axis=0)
+    edges = np.flatnonzero(np.diff(ink.astype(int)))  # starts and ends of inked columns
+    gaps = edges[2::2] - edges[1:-1:2]
+    assert len(gaps) == 3 and gaps.min() >= 4, gaps
+
+
 def test_convert_then_inspect(tmp_path, capsys):
     from clipa.data.tools import convert, inspect
 
@@ -412,7 +426,7 @@ def test_convert_then_inspect(tmp_path, capsys):
     report = inspect(f"{tmp_path}/shards/{{00000..00001}}.tar", grid=tmp_path / "grid.png")
     assert report["samples"] == report["usable"] == 4 and report["captions"] == 5
     assert report["caption_words"] == {"min": 1, "mean": 2.8, "median": 2, "p95": 5, "max": 5}  # 2 4 5 1 2
-    assert Image.open(tmp_path / "grid.png").size == (2 * 160, 2 * (160 + 44))
+    assert Image.open(tmp_path / "grid.png").size == (2 * 200, 2 * (200 + 51))
 
     cli = pytest.importorskip("clipa.cli")
     if "data" not in cli.build_parser()._subparsers._group_actions[0].choices:

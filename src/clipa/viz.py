@@ -137,13 +137,12 @@ def show_masks(
     lines = text_lines(caption, get_tokenizer(model), text_length, tagger, generator) if caption else []
 
     font = ImageFont.load_default(size=14)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     # Every panel at least MIN_PANEL px wide (whole-number zoom keeps patches square) and every
     # column as wide as its title, so tiny models are legible and titles never overlap.
-    column = max(size * zoom, *(measure.textlength(t, font=font) for t, _ in panels))
+    column = max(size * zoom, *(font.getlength(t) for t, _ in panels))
     column = int(column) + 1
     width = PAD + len(panels) * (column + PAD)
-    text = _layout_text(lines, text_length, font, measure, width) if lines else []
+    text = _layout_text(lines, text_length, font, width) if lines else []
     height = PAD + LINE_H + size * zoom + PAD + (text[-1][1] + LINE_H + PAD if text else 0)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -161,34 +160,33 @@ def show_masks(
 
 
 def _layout_text(lines: list[tuple[str, list[tuple[str, tuple]]]], text_length: int, font,
-                 measure: ImageDraw.ImageDraw, width: int) -> list[tuple[float, int, str, tuple]]:
+                 width: int) -> list[tuple[float, int, str, tuple]]:
     """(x, y, word, colour) for the legend and each rule's words, wrapped at ``width`` (a long
     caption continues on the next line, indented under the words) instead of being cut off."""
     legend = (f"caption at {text_length} tokens ({text_length - 2} between start and end): black kept, "
-              "orange partly kept, grey dropped")
-    placed = [(PAD, i * LINE_H, line, KEPT) for i, line in enumerate(_wrap(legend, font, measure, width - 2 * PAD))]
-    y = len(placed) * LINE_H
-    indent = PAD + max(measure.textlength(f"{name}: ", font=font) for name, _ in lines)
-    space = measure.textlength(" ", font=font)
+              "orange partly kept, grey dropped").split()
+    placed = [(x, row * LINE_H, word, KEPT) for x, row, word in place_words(legend, font, PAD, width - PAD)]
+    y = (placed[-1][1] + LINE_H) if placed else 0
+    indent = PAD + max(font.getlength(f"{name}:") for name, _ in lines) + font.size // 2
     for name, words in lines:
         placed.append((PAD, y, f"{name}:", KEPT))
-        x = indent
-        for word, colour in words:
-            w = measure.textlength(word, font=font)
-            if x > indent and x + w > width - PAD:
-                x, y = indent, y + LINE_H
-            placed.append((x, y, word, colour))
-            x += w + space
-        y += LINE_H
+        runs = place_words([w for w, _ in words], font, indent, width - PAD)
+        placed += [(x, y + row * LINE_H, word, colour) for (x, row, word), (_, colour) in zip(runs, words)]
+        y += (runs[-1][1] + 1) * LINE_H if runs else LINE_H
     return placed
 
 
-def _wrap(text: str, font, measure: ImageDraw.ImageDraw, width: float) -> list[str]:
-    """``text`` in lines no wider than ``width`` px (a single longer word keeps a line of its own)."""
-    out: list[str] = []
-    for word in text.split():
-        if out and measure.textlength(f"{out[-1]} {word}", font=font) <= width:
-            out[-1] = f"{out[-1]} {word}"
-        else:
-            out.append(word)
+def place_words(words: list[str], font: ImageFont.FreeTypeFont, left: float,
+                right: float) -> list[tuple[float, int, str]]:
+    """(x, line number, word) for words set left to right between ``left`` and ``right`` px,
+    wrapping to a new line rather than running past ``right``. Words are drawn one by one a
+    visible gap apart: the default font's own space is 2 px at small sizes, which reads as none."""
+    gap = max(font.getlength(" "), font.size / 3)
+    out, x, row = [], left, 0
+    for word in words:
+        w = font.getlength(word)
+        if x > left and x + w > right:
+            x, row = left, row + 1
+        out.append((x, row, word))
+        x += w + gap
     return out
