@@ -1,0 +1,37 @@
+"""Files clipa writes are readable as the user's umask says (safetensors alone writes 0600)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipa.files import save_tensors, umask
+
+
+@pytest.fixture
+def mask():
+    """Run a test under a chosen umask and put the old one back."""
+    old = os.umask(0o022)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("m", [0o022, 0o077, 0o002])
+def test_safetensors_files_get_the_mode_open_gives(tmp_path, mask, m):
+    mask(m)
+    assert umask() == m
+    with open(tmp_path / "plain.txt", "w"):  # the reference: what any ordinary file gets
+        pass
+    out = save_tensors({"w": torch.arange(3.0)}, tmp_path / "w.safetensors", {"format": "pt"})
+    assert stat.S_IMODE(os.stat(out).st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode) == 0o666 & ~m
+    torch.testing.assert_close(load_file(str(out))["w"], torch.arange(3.0))
+
+
+def test_readable_by_group_and_others_under_umask_022(tmp_path, mask):
+    mask(0o022)
+    mode = stat.S_IMODE(os.stat(save_tensors({"w": torch.zeros(1)}, tmp_path / "w.safetensors")).st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IROTH
