@@ -115,14 +115,16 @@ def write_result(path: str | Path, record: dict) -> Path:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """A terminal table: one row per data set and task, one column per metric (percent)."""
+    """A terminal table: one row per data set, task and metric; rates in percent with a "%" sign
+    (the JSON records keep CLIP_benchmark's fractions of 1), counts as counts."""
     rows = [("dataset", "task", "metric", "value")]
     for r in records:
         for k, v in r["metrics"].items():
-            value = "n/a" if v is None else (f"{v:.4g}" if k == "C" else f"{100 * v:.2f}")
+            value = ("n/a" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if k == "C"
+                     else f"{100 * v:.2f}%")
             rows.append((r["dataset"], r["task"], k, value))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([*lines, "(rates in %; the JSON result files hold them as fractions of 1)"])
