@@ -1,0 +1,99 @@
+"""clipa's OpenCLIP-style entry points against OpenCLIP 3.3.0 itself: create_model_and_transforms,
+tokenize and list_models give what the same open_clip calls give."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+import clipa
+
+open_clip = pytest.importorskip("open_clip")
+
+
+def _photo(seed: int, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG")
+    return Image.open(io.BytesIO(buf.getvalue())).convert(mode)
+
+
+def test_create_model_and_transforms_matches_openclip(tmp_path):
+    """The same weights, preprocessed and tokenized each library's own way, give the same
+    embeddings (to 1e-5), and both training transforms crop the same place for the same seed."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    cfg = open_clip.get_model_config("ViT-B-32")  # two blocks per tower, for speed: shapes stay real
+    towers = {f"{t}_cfg": {**cfg[f"{t}_cfg"], "layers": 2} for t in ("vision", "text")}
+    ref, ref_train, ref_eval = open_clip.create_model_and_transforms("ViT-B-32", **towers)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    model, train, evaluate = clipa.create_model_and_transforms("ViT-B-32", pretrained=tmp_path / "w.safetensors",
+                                                               vision={"layers": 2}, text={"layers": 2})
+    assert model.training == ref.training  # both come back in training mode
+    model.eval(), ref.eval()
+
+    photos = [_photo(0, (300, 200)), _photo(1, (180, 260), "L"), _photo(2, (224, 224), "RGBA")]
+    for photo in photos:
+        torch.testing.assert_close(evaluate(photo), ref_eval(photo), atol=1e-6, rtol=0)
+        torch.manual_seed(7)
+        want = ref_train(photo)
+        torch.manual_seed(7)
+        torch.testing.assert_close(train(photo), want, atol=1e-6, rtol=0)
+    texts = ["a photo of a dog", "Two cats & a mouse!", "naïve café art"]
+    assert torch.equal(clipa.tokenize(texts), open_clip.tokenize(texts))
+    with torch.no_grad():
+        images = torch.stack([evaluate(p) for p in photos])
+        ref_images = torch.stack([ref_eval(p) for p in photos])
+        torch.testing.assert_close(model.encode_image(images), ref.encode_image(ref_images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_text(clipa.tokenize(texts)), ref.encode_text(open_clip.tokenize(texts)),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_transforms_follow_the_model_image_size():
+    _, train, evaluate = clipa.create_model_and_transforms("clipa-tiny", vision={"image_size": 48})
+    assert train(_photo(0, (90, 60))).shape == evaluate(_photo(0, (90, 60))).shape == (3, 48, 48)
+
+
+@pytest.mark.parametrize("length", [77, 16, 5])
+def test_tokenize_matches_openclip(length):
+    texts = ["a photo of a dog", "A very long caption " * 20, "", "<start_of_text> tags & ampersands"]
+    assert torch.equal(clipa.tokenize(texts, context_length=length), open_clip.tokenize(texts, context_length=length))
+    assert torch.equal(clipa.tokenize("one text"), open_clip.tokenize("one text"))
+
+
+def test_every_registry_name_builds_openclips_model():
+    """Each name clipa.list_models() shares with OpenCLIP builds the same parameters with the
+    same shapes (built on the meta device: no memory, so even bigG is instant)."""
+    ours = [n for n in clipa.list_models() if not n.startswith("clipa-")]
+    assert ours and set(ours) <= set(open_clip.list_models())
+    for name in ours:
+        cfg = open_clip.get_model_config(name)
+        cfg["text_cfg"].pop("hf_tokenizer_name", None)
+        cfg["text_cfg"].pop("tokenizer_kwargs", None)
+        with torch.device("meta"):
+            ref = {k: v.shape for k, v in open_clip.model.CLIP(**cfg).state_dict().items()}
+            got = {k: v.shape for k, v in clipa.create_model(name).state_dict().items()}
+        assert got == ref, name
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"])
+def test_quickgelu_variants_match_openclip(name):
+    """OpenAI's released weights use QuickGELU; the -quickgelu names build it."""
+    if name not in clipa.list_models():
+        pytest.skip(f"{name} is not registered in this checkout")
+    cfg = open_clip.get_model_config(name)
+    cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 1
+    torch.manual_seed(0)
+    cfg.pop("quick_gelu", None)
+    ref = open_clip.model.CLIP(**cfg, quick_gelu=True).eval()
+    ours = clipa.create_model(name, vision={"layers": 1}, text={"layers": 1}).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    images, text = torch.randn(2, 3, 224, 224), open_clip.tokenize(["a dog", "a cat"])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), ref.encode_image(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.encode_text(text), ref.encode_text(text), atol=1e-5, rtol=1e-5)
