@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from .checkpoint import create_model
 from .config import DataConfig
 from .data.transforms import build_eval_transform, build_train_transform
-from .models import CLIP, create_model
+from .models import CLIP
 
 OPENCLIP_TRAIN_SCALE = (0.9, 1.0)  # open_clip.AugmentationCfg's default crop area range
 
