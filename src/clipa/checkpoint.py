@@ -35,10 +35,11 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import ConfigError, RunConfig, from_dict
 from .distributed import DistInfo, barrier, is_sharded
+from .files import save_tensors
 from .models import CLIP, adapt_state_dict, load_weights
 from .models import create_model as build_model
 
@@ -207,7 +208,7 @@ def consolidate(path: str | Path) -> Path:
         raise FileNotFoundError(f"{found.path} has no {SHARDED_DIR}/ folder: not a sharded checkpoint")
     out = found.path / MODEL_FILE
     tmp = found.path / f".{MODEL_FILE}.tmp"
-    save_file({k: v.contiguous() for k, v in read_sharded_model(found.path / SHARDED_DIR).items()}, str(tmp))
+    save_tensors({k: v.contiguous() for k, v in read_sharded_model(found.path / SHARDED_DIR).items()}, str(tmp))
     os.replace(tmp, out)
     return out
 
@@ -275,15 +276,15 @@ def _write_step(
         shutil.rmtree(tmp)
     tmp.mkdir()
     if model_sd is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / MODEL_FILE))
+        save_tensors({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / MODEL_FILE))
     if write_extra is not None:
         write_extra(tmp)
     state = dict(state)
     if optimizer_sd is not None:
         tensors, meta = _flatten_optimizer(optimizer_sd)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_tensors(tensors, str(tmp / "optimizer.safetensors"))
         state["optimizer"] = meta
-    save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+    save_tensors({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     if final.exists():
         shutil.rmtree(final)
