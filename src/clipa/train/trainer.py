@@ -21,10 +21,12 @@ import torch
 from .. import checkpoint, distributed
 from ..bigbatch import forward_backward
 from ..config import ConfigError, RunConfig, StageConfig, to_dict
+from ..hub import create_model
 from ..loss import MAX_LOGIT_SCALE, clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
 from ..reduction.image import stage_image_size
 from ..tokenizer import tokenizer_for
+from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
 
 
@@ -51,10 +53,11 @@ class Trainer:
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
+        check_loggers(cfg.train)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.model: CLIP = checkpoint.create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
+        self.model: CLIP = create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
         if cfg.train.loss == "siglip" and self.model.logit_bias is None:
             raise ConfigError("train.loss=siglip needs a logit bias: set model_overrides.init_logit_bias "
                               "(SigLIP uses -10) and model_overrides.init_logit_scale (ln 10)")
@@ -241,9 +244,7 @@ class Trainer:
 
     def _tb(self):
         if self.writer is None and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tb"))
+            self.writer = RunLogger(self.out, self.cfg)
         return self.writer
 
     def _global_step(self, index: int, step: int) -> int:
