@@ -97,3 +97,106 @@ def test_quickgelu_variants_match_openclip(name):
     with torch.no_grad():
         torch.testing.assert_close(ours.encode_image(images), ref.encode_image(images), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.encode_text(text), ref.encode_text(text), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- folders in OpenCLIP's layout
+
+ODD = {"embed_dim": 64, "quick_gelu": True,  # in no registry: odd sizes, QuickGELU
+       "vision_cfg": {"image_size": 48, "patch_size": 8, "width": 96, "layers": 2, "head_width": 32},
+       "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
+SAME_SHAPES = {"embed_dim": 64, "vision": {"image_size": 48, "patch_size": 8, "width": 96, "layers": 2,
+                                           "head_width": 32},
+               "text": {"context_length": 20, "width": 64, "heads": 4, "layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """An OpenCLIP model with a config no registry has, saved by OpenCLIP's own hub writer
+    (open_clip_config.json + open_clip_model.safetensors), and that model."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("openclip_save")
+    torch.manual_seed(0)
+    ref = open_clip.model.CLIP(**ODD).eval()
+    ref.visual.image_mean, ref.visual.image_std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    with torch.no_grad():  # a non-trivial temperature and projection, so a wrong load shows
+        ref.logit_scale.fill_(3.0)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    save_config_for_hf(ref, folder / "open_clip_config.json", model_config=ODD)
+    return folder, ref
+
+
+def _same_embeddings(model, ref, size: int = 48) -> None:
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    text = open_clip.tokenize(["a dog", "two cats on a mat", "x"], context_length=20)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), ref.encode_image(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_text(text), ref.encode_text(text), atol=1e-5, rtol=1e-5)
+
+
+def test_an_openclip_folder_loads_by_path_with_its_config(saved):
+    """Acceptance (issue 16): create_model(FOLDER) builds the folder's own architecture (QuickGELU
+    included) and matches OpenCLIP to 1e-5; OpenCLIP itself reads the same folder."""
+    folder, ref = saved
+    oc, _, oc_eval = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    _same_embeddings(oc.eval(), ref)  # the folder is a valid OpenCLIP save
+    model = clipa.create_model(str(folder)).eval()
+    assert model.cfg.vision.act == model.cfg.text.act == "quick_gelu" and model.context_length == 20
+    _same_embeddings(model, ref)
+    assert model.logit_scale.item() == 3.0
+    model, _, preprocess = clipa.create_model_and_transforms(str(folder))
+    photo = _photo(3, (70, 50))
+    torch.testing.assert_close(preprocess(photo), oc_eval(photo), atol=1e-6, rtol=0)
+    assert torch.equal(clipa.get_tokenizer(str(folder))(["a dog"]), open_clip.tokenize(["a dog"], context_length=20))
+
+
+def test_an_openclip_folder_as_pretrained(saved, tmp_path):
+    """As ``pretrained`` (create_model, and a run's ``pretrained:``) the folder's weights load into
+    a model of the same shapes with the folder's own config (its QuickGELU); a model of other
+    shapes is one error naming the first parameter that differs, not a state_dict traceback."""
+    from clipa.config import ConfigError, load_config
+    from clipa.train.trainer import Trainer
+
+    folder, ref = saved
+    _same_embeddings(clipa.create_model("clipa-tiny", pretrained=folder, **SAME_SHAPES).eval(), ref)
+    with pytest.raises(ConfigError, match=r"another architecture than model clipa-tiny: "
+                                          r"ln_final.bias is \[64\] there, \[128\] here"):
+        clipa.create_model("clipa-tiny", pretrained=folder)
+    cfg = load_config(None, [f"pretrained={folder}", "model=clipa-tiny", f"train.output_dir={tmp_path}",
+                             "train.device=cpu", "model_overrides={embed_dim: 64, vision: {image_size: 48, "
+                             "patch_size: 8, width: 96, layers: 2, head_width: 32}, text: {context_length: 20, "
+                             "width: 64, heads: 4, layers: 2}}"])
+    _same_embeddings(Trainer(cfg).model.eval(), ref)
+
+
+def test_clipa_eval_and_clipas_own_export_of_an_overridden_model(saved, tmp_path, capsys):
+    """`clipa eval FOLDER` reads an OpenCLIP folder, and clipa's export of a model built with
+    overrides (no registry name fits it) loads back by path with its config."""
+    import tarfile
+
+    from clipa.cli import main
+    from clipa.export import export_openclip
+
+    folder, ref = saved
+    with tarfile.open(tmp_path / "caps.tar", "w") as tar:
+        for i in range(3):
+            for ext, data in (("jpg", _jpeg_bytes(i)), ("txt", f"picture {i}".encode())):
+                info = tarfile.TarInfo(f"k{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert main(["eval", str(folder), "--data", str(tmp_path / "caps.tar"), "--no-progress", "--device", "cpu"]) == 0
+    assert "image_retrieval_recall@1" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    mine = clipa.create_model("clipa-tiny", **SAME_SHAPES).eval()
+    export_openclip(mine, tmp_path / "export")
+    back = clipa.create_model(str(tmp_path / "export")).eval()
+    for k, v in mine.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+
+
+def _jpeg_bytes(seed: int) -> bytes:
+    buf = io.BytesIO()
+    _photo(seed, (40, 30)).save(buf, "JPEG")
+    return buf.getvalue()

@@ -123,7 +123,8 @@ def show_masks(
 ) -> Path:
     """Save a picture of the kept patches per image rule (``ratio`` of patches removed) and,
     given a ``caption``, the kept words per text rule at ``text_length`` tokens."""
-    from . import get_model_config, get_tokenizer
+    from .models import get_model_config
+    from .tokenizer import get_tokenizer
 
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio (fraction of patches removed) must be in [0, 1), got {ratio}")
