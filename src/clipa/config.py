@@ -21,6 +21,7 @@ resolved: a stage that sets ``lr_per_256`` trains at ``lr_per_256 * batch_size /
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -569,7 +570,12 @@ def _check_lr_pairs(tree: dict) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config from a YAML recipe and its bases (or the built-in default when
     ``path`` is None), apply ``overrides``, then resolve and check it."""
-    tree = _read_recipe(Path(path)) if path is not None else {}
+    return config_from_tree(_read_recipe(Path(path)) if path is not None else {}, overrides)
+
+
+def config_from_tree(tree: dict, overrides: list[str] | None = None) -> RunConfig:
+    """A run config from a mapping (a recipe's, or a saved run's ``to_dict``) and ``overrides``."""
+    tree = copy.deepcopy(tree)
     _check_lr_pairs(tree)
     if overrides:
         if "stages" not in tree:  # `stage.X=...` and `stages.0.X=...` edit the default stages

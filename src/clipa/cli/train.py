@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config
+from ..train.resume import resolve_config
 from ..train.trainer import Trainer
 
 
@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config:  # `clipa train key=value ...` without a file
         overrides.insert(0, config)
         config = None
-    cfg = load_config(config, overrides)
+    cfg, resumed = resolve_config(config, overrides)
+    if resumed:
+        print(resumed, flush=True)
     results = Trainer(cfg).fit()
     final = [r for r in results if "acc1" in r]
     if final:

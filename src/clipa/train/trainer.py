@@ -28,6 +28,7 @@ from ..reduction.image import stage_image_size
 from ..tokenizer import tokenizer_for
 from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
+from .resume import resume_point
 
 
 # Above this contrastive batch the B x B logits dominate memory; the tiled loss keeps it linear.
@@ -130,10 +131,8 @@ class Trainer:
         if resume is not None:
             restored = checkpoint.read_checkpoint(resume, self.dist)
             st = restored["state"]
-            start_stage, start_step, loader_state = st["stage"], st["stage_step"], st.get("loader")
+            start_stage, start_step, loader_state = resume_point(st, [stage_steps(s) for s in self.cfg.stages])
             self.results = st.get("results", [])
-            if st.get("stage_done"):
-                start_stage, start_step, loader_state = start_stage + 1, 0, None
             self._log(f"resuming from {resume} (stage {start_stage}, step {start_step})")
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,7 @@ class Trainer:
         self._apply_stage_shapes(stage)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
-        mid_stage = restored is not None and not restored["state"].get("stage_done")
+        mid_stage = restored is not None and start_step > 0
         self.model.visual.reduction = stage.image_reduction
         self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
