@@ -485,6 +485,7 @@ def test_convert_inspect_and_train_on_the_same_folder(tmp_path, capsys):
     assert state["global_step"] == 4 and state["loader"]["skipped"] == {}
     assert state["loader"]["fingerprint"]["source"] == load_source(str(shards)).fingerprint()
     assert state["loader"]["epoch"] == 1  # 8 samples from 6: the whole folder was read once
+    assert state["config"]["stages"][0]["name"] == "main"  # not the built-in stage's "digits"
 
 
 def test_image_folder_with_caption_sidecars(tmp_path):

@@ -43,6 +43,13 @@ def test_resume_of_a_recipe_run_without_the_recipe_finishes_the_recipe(tmp_path,
     assert main(["train", str(recipe), f"train.output_dir={whole}"]) == 0
     steps = sorted(p.name for p in (whole / "checkpoints").iterdir())
     assert steps == ["step_00000002", "step_00000003", "step_00000005", "step_00000006"]
+    # where things go is printed, and results.jsonl counts steps as the checkpoint folders do
+    out = capsys.readouterr().out
+    assert f"run folder: {whole.resolve()}" in out
+    assert all(f"checkpoint: {whole / 'checkpoints' / s}" in out for s in steps)
+    results = [json.loads(line) for line in (whole / "results.jsonl").read_text().splitlines()]
+    assert [(r["stage_name"], r["step"], r["stage_step"]) for r in results] == [("small", 3, 3), ("full", 6, 3)]
+    assert results[0]["samples"] == {"scored": 359, "skipped": {}} and "on 359 images" in out
     shutil.copytree(whole, cut)
     shutil.rmtree(cut / "checkpoints" / "step_00000006")  # stopped after step 2 of stage 1
     capsys.readouterr()

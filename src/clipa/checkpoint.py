@@ -64,6 +64,11 @@ class Found:
         return self.kind != "weights"
 
 
+def step_dir(root: str | Path, step: int) -> Path:
+    """Where global step ``step``'s checkpoint goes in a ``checkpoints/`` folder."""
+    return Path(root) / f"step_{step:08d}"
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     """The complete step folder with the highest step under ``root``, if any."""
     root = Path(root)
@@ -268,7 +273,7 @@ def _write_step(
     """Write ``root/step_{step}`` atomically and return its path. ``write_extra(tmp)`` adds
     files before the rename (the fsdp shards, when ``model_sd`` is None)."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
+    final = step_dir(root, step)
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -577,11 +577,15 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None) -> RunConfi
     """A run config from a mapping (a recipe's, or a saved run's ``to_dict``) and ``overrides``."""
     tree = copy.deepcopy(tree)
     _check_lr_pairs(tree)
+    named = any(o.split("=", 1)[0] in ("stage.name", "stages.0.name") for o in overrides or [])
+    default_stages = "stages" not in tree and not named
     if overrides:
         if "stages" not in tree:  # `stage.X=...` and `stages.0.X=...` edit the default stages
             tree["stages"] = to_dict(RunConfig())["stages"]
         apply_overrides(tree, overrides)
     cfg = from_dict(RunConfig, tree)
+    if default_stages and cfg.data.source != "digits" and cfg.stages[0].name == "digits":
+        cfg.stages[0].name = StageConfig.name  # the built-in stage is named after the built-in data
     validate(cfg)
     return cfg
 

@@ -137,6 +137,8 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+            self._log(f"run folder: {self.out.resolve()} (config.json; results.jsonl, tb/ and checkpoints/ "
+                      "as they are written)")
         for i in range(start_stage, len(self.cfg.stages)):
             self._run_stage(i, start_step if i == start_stage else 0,
                             loader_state if i == start_stage else None,
@@ -267,7 +269,7 @@ class Trainer:
                 tb.add_scalar(f"data/skipped_{reason}", count, g)
 
     def _evaluate(self, index: int, step: int) -> None:
-        from .evaluate import evaluate_during_training
+        from .evaluate import describe_scored, evaluate_during_training
 
         model = distributed.full_model(self.wrapped, self.model, self.dist)
         if not self.dist.is_main:
@@ -275,9 +277,10 @@ class Trainer:
         metrics = evaluate_during_training(model, self.cfg, self.device)
         if not metrics:
             return
-        record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": step, **metrics}
+        g = self._global_step(index, step)  # the numbering of checkpoint folders and TensorBoard
+        record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": g, "stage_step": step,
+                  **metrics}
         self.results.append(record)
-        g = self._global_step(index, step)
         if (tb := self._tb()) is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
@@ -285,7 +288,7 @@ class Trainer:
         with open(self.out / "results.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        self._log(f"eval after stage {index} step {step}: {shown}")
+        self._log(f"eval after stage {index} step {step} (global step {g}): {shown}{describe_scored(metrics)}")
 
     def _save(self, index: int, stage_step: int, optimizer, loader, stage_done: bool) -> None:
         state = {
@@ -302,6 +305,7 @@ class Trainer:
             self.ckpt_dir, state["global_step"], self.wrapped, self.model, optimizer, state,
             checkpoint.rng_state(self.generator), self.dist,
         )
+        self._log(f"checkpoint: {checkpoint.step_dir(self.ckpt_dir, state['global_step'])}")
 
     def _log(self, msg: str) -> None:
         if self.dist.is_main:
