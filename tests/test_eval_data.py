@@ -86,7 +86,7 @@ def test_a_slice_of_a_class_sorted_shard_keeps_every_class(tmp_path):
     counts = torch.bincount(labels, minlength=10)
     for c, n in enumerate(sizes):
         assert abs(counts[c].item() - n * want / total) < 1, (c, counts.tolist())
-    assert es.drawn == f"{want} of {total} samples, evenly spaced over the whole set (every 5th)"
+    assert es.drawn == f"{want} of {total} samples, evenly spaced over the whole set (1 in 5)"
     assert open_data(tmp_path, 16).drawn is None
 
     for c, n in enumerate(sizes):

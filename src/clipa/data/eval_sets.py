@@ -86,7 +86,7 @@ def describe_subset(kept: int, total: int) -> str | None:
     """How :func:`spread` drew a subset, for the results (None for the whole set)."""
     if kept >= total:
         return None
-    return f"{kept:,} of {total:,} samples, evenly spaced over the whole set (every {total / kept:.3g}th)"
+    return f"{kept:,} of {total:,} samples, evenly spaced over the whole set (1 in {total / kept:.3g})"
 
 
 class ShardSet(IterableDataset):
@@ -116,9 +116,9 @@ class ShardSet(IterableDataset):
             shard_ids = shard_ids[info.id::info.num_workers]
         for shard_id in shard_ids:
             picked = self.picked[shard_id]
-            keep = (lambda i: True) if picked is None else picked.__contains__
+            keep, stop = (lambda i: True, None) if picked is None else (picked.__contains__, max(picked, default=-1) + 1)
             try:
-                for _, raw in self.source.read(shard_id, keep):
+                for _, raw in self.source.read(shard_id, keep, stop):
                     yield _evaluated(raw, _TARGETS[self.target], self.transform)
             except ShardError as e:  # truncated or unreadable: the rest of the shard is lost, and counted
                 yield Skipped(e.reason, str(e))
