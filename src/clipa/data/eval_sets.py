@@ -116,7 +116,9 @@ class ShardSet(IterableDataset):
             shard_ids = shard_ids[info.id::info.num_workers]
         for shard_id in shard_ids:
             picked = self.picked[shard_id]
-            keep, stop = (lambda i: True, None) if picked is None else (picked.__contains__, max(picked, default=-1) + 1)
+            keep, stop = (lambda i: True), None
+            if picked is not None:  # stop after the last picked sample
+                keep, stop = picked.__contains__, max(picked, default=-1) + 1
             try:
                 for _, raw in self.source.read(shard_id, keep, stop):
                     yield _evaluated(raw, _TARGETS[self.target], self.transform)
