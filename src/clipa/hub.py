@@ -327,7 +327,7 @@ def model_card(model: CLIP, repo_id: str | None = None) -> str:
     v, t = model.cfg.vision, model.cfg.text
     return (f"---\nlibrary_name: open_clip\ntags:\n- clip\n- clipa\n- zero-shot-image-classification\n---\n\n"
             f"# {repo_id or 'clipa model'}\n\nA CLIP model trained with clipa (ViT image tower "
-            f"{v.image_size} px / patch {v.patch_size}, {v.layers} layers of width {v.width}; "
+            f"{model.visual.image_size} px / patch {v.patch_size}, {v.layers} layers of width {v.width}; "
             f"text tower {t.layers} layers of width {t.width}, {t.tokenizer} tokenizer, context "
             f"{model.context_length}), saved in OpenCLIP's hub layout.\n\n```python\nimport open_clip\n"
             f"model, _, preprocess = open_clip.create_model_and_transforms(\"{name}\")\n"

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = args.model or (run_cfg.model if run_cfg else args.checkpoint)
     model.to(device)
     tokenizer = tokenizer_for(model)
-    size = model.visual.cfg.image_size
+    size = model.visual.image_size
     show = not args.no_progress
     start = time.perf_counter()
 

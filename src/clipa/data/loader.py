@@ -1,5 +1,12 @@
 """The training loader the trainer iterates: endless batches, exact position, skip counts.
 
+Every source, built in or read from disk, gives a :class:`Loader`: iterate for endless
+``{"images", "text", "keys"}`` batches (images normalised by :func:`~.transforms.normalise`
+from uint8), ``state_dict()`` for the position after the last batch (passed back as ``state``
+to continue exactly there) and ``stats()`` for skipped samples by reason.
+:func:`build_train_loader` is the one constructor: a name in :data:`BUILT_IN` (``digits``)
+builds that module's loader, anything else a :class:`TrainLoader` over shards, CSV or folders.
+
 Two ways to count an epoch:
 
 - ``data.num_samples`` unset (and not resampled): an epoch is one pass over the data. Each
@@ -18,12 +25,13 @@ so that the turn order continues, and replays nothing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 from collections import Counter
 from dataclasses import asdict
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,6 +45,33 @@ from .transforms import draft_size, eval_pixels, normalise, train_pixels
 log = logging.getLogger("clipa.data")
 
 STATE_VERSION = 1
+
+# Built-in sources by ``data.source`` name: "module:class" in this package. The class is built as
+# ``cls(image_size, batch_size, tokenize, seed=, state=, rank=, world_size=)`` and is a Loader.
+BUILT_IN = {
+    "digits": "digits:DigitsLoader",
+}
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What the trainer needs from a training loader."""
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+def check_state(state: dict, version: int, fingerprint: dict) -> None:
+    """Raise unless ``state`` was saved by a loader of this ``version`` and the same setup."""
+    if state.get("version") != version:
+        raise ValueError(f"loader state version {state.get('version')} is not {version}")
+    saved = state["fingerprint"]
+    differ = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    if differ:
+        raise ValueError("cannot resume the data loader exactly, the setup changed: " + "; ".join(differ))
 
 
 class TrainLoader:
@@ -82,12 +117,7 @@ class TrainLoader:
         }))
 
     def _load(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
-        saved, now = state["fingerprint"], self._fingerprint()
-        differ = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
-        if differ:
-            raise ValueError("cannot resume the data loader exactly, the setup changed: " + "; ".join(differ))
+        check_state(state, STATE_VERSION, self._fingerprint())
         self.epoch, self.batches, self.next_worker = state["epoch"], state["batches"], state["next_worker"]
         self.skipped = Counter(state["skipped"])
         self.positions = [dict(p) for p in state["workers"]]
@@ -165,10 +195,14 @@ def build_train_loader(
     world_size: int = 1,
     state: dict | None = None,
     augment: bool = True,
-) -> TrainLoader:
-    """The training loader for ``data`` (any source but the built-in ``digits``)."""
-    if data.source == "digits":
-        raise ValueError("data.source 'digits' is served by clipa.data.digits, not build_train_loader")
+) -> Loader:
+    """The training loader for ``data``: ``batch_size`` samples per batch on this rank, images
+    at ``image_size``, captions through ``tokenize``, continuing from ``state`` if given.
+    ``augment=False`` crops the centre (sources on disk; the built-in ones ignore it)."""
+    if data.source in BUILT_IN:
+        module, name = BUILT_IN[data.source].split(":")
+        cls = getattr(importlib.import_module(f".{module}", __package__), name)
+        return cls(image_size, batch_size, tokenize, seed=seed, state=state, rank=rank, world_size=world_size)
     if data.weights is not None and not data.resampled:
         raise ValueError(
             "data.weights needs data.resampled: true (each weight multiplies the chance of drawing "

@@ -69,15 +69,14 @@ def _unit_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div(255)
 
 
-_SHIFT = 255 * torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-_SCALE = 255 * torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-
-def normalise(images: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+def normalise(images: torch.Tensor, pin_memory: bool = False, mean: tuple[float, ...] = CLIP_MEAN,
+              std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
     """uint8 ``[B, 3, S, S]`` -> float, as ToDtype(scale=True) then Normalize (to 1e-6), written
-    straight into page-locked memory when ``pin_memory`` (for asynchronous copies to the GPU)."""
+    straight into page-locked memory when ``pin_memory`` (for asynchronous copies to the GPU).
+    CLIP's mean and std unless a built-in data set declares its own."""
     out = torch.empty(images.shape, dtype=torch.float32, pin_memory=pin_memory)
-    return torch.sub(images, _SHIFT, out=out).div_(_SCALE)
+    shift, scale = (255 * torch.tensor(v).view(1, 3, 1, 1) for v in (mean, std))
+    return torch.sub(images, shift, out=out).div_(scale)
 
 
 def draft_size(image_size: int, min_scale: float) -> int:

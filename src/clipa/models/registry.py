@@ -120,7 +120,7 @@ def load_weights(model: CLIP, sd: dict[str, torch.Tensor]) -> None:
     them (strict): the converse of ``adapt_state_dict``, for a model's own trained weights."""
     g = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
     size = g * model.visual.cfg.patch_size
-    if size != model.visual.cfg.image_size:
+    if size != model.visual.image_size:
         model.visual.set_image_size(size)
     if sd["positional_embedding"].shape[0] != model.context_length:
         model.set_context_length(sd["positional_embedding"].shape[0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import zlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,14 +20,16 @@ import torch
 from .. import checkpoint, distributed
 from ..bigbatch import forward_backward
 from ..config import ConfigError, RunConfig, StageConfig, to_dict
+from ..data import build_train_loader
 from ..hub import create_model
 from ..loss import MAX_LOGIT_SCALE, clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
-from ..reduction.image import stage_image_size
+from ..reduction.text import CaptionTokenizer
 from ..tokenizer import tokenizer_for
 from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
 from .resume import resume_point
+from .stage import ResolvedStage, resolve_stage
 
 
 # Above this contrastive batch the B x B logits dominate memory; the tiled loss keeps it linear.
@@ -39,8 +40,6 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
-def stage_steps(stage: StageConfig) -> int:
-    return max(1, math.ceil(stage.samples / stage.batch_size))
 
 
 class Trainer:
@@ -66,10 +65,11 @@ class Trainer:
             raise ConfigError(f"train.loss={cfg.train.loss} has no use for a logit bias: "
                               "drop model_overrides.init_logit_bias or use train.loss=siglip")
         self.model.to(self.device)
+        # Every stage resolved up front: a stage that cannot run fails before any training.
+        self.stages = [resolve_stage(s, self.model.cfg, self.dist.world_size) for s in cfg.stages]
+        # Image token masking draws from its own generator, which checkpoints save and the
+        # big-batch step replays per microbatch.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
-        self.model.visual.generator = self.generator
-        self.base_image_size = self.model.visual.cfg.image_size
-        self.base_context = self.model.context_length
         self.wrapped = self.model
         self.writer = None
         self.bad_steps = 0
@@ -78,48 +78,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up per stage
 
-    def _apply_stage_shapes(self, stage: StageConfig) -> None:
-        """Move the model to the stage's resolution and text length (interpolating tables)."""
-        size = stage_image_size(stage.image_reduction, stage.image_size, self.base_image_size,
-                                self.model.visual.cfg.patch_size)
-        if size != self.model.visual.cfg.image_size:
-            self.model.visual.set_image_size(size)
-        length = stage.text_length or self.base_context
-        if length != self.model.context_length:
-            self.model.set_context_length(length)
+    def _set_up_model(self, stage: StageConfig, plan: ResolvedStage) -> None:
+        """Move the model to the stage's resolution and text length (interpolating tables)
+        and give its vision tower the stage's token reduction."""
+        if plan.image_size != self.model.visual.image_size:
+            self.model.visual.set_image_size(plan.image_size)
+        if plan.text_length != self.model.context_length:
+            self.model.set_context_length(plan.text_length)
+        self.model.visual.set_token_reduction(stage.image_reduction, self.generator)
         self.model.to(self.device)
 
-    def _tokenize_fn(self, stage: StageConfig) -> Callable[[list[str]], torch.Tensor]:
-        from ..reduction.text import reduce_text
-
-        tokenizer = tokenizer_for(self.model)
-        length = self.model.context_length
-        seed = self.cfg.train.seed
-
-        def tokenize(captions: list[str]) -> torch.Tensor:
-            # Seeded by the batch itself: random text masking is then the same in loader
-            # workers, after a resume and across epochs' different batches, with no state.
-            digest = zlib.crc32("\x1f".join(captions).encode("utf-8", "replace"))
-            generator = torch.Generator().manual_seed(seed * 2**32 + digest)
-            return reduce_text(captions, tokenizer, length, stage.text_reduction, generator)
-
-        return tokenize
-
-    def _loader(self, stage: StageConfig, state: dict | None):
-        image_size = self.model.visual.cfg.image_size
-        tokenize = self._tokenize_fn(stage)
-        seed = self.cfg.train.seed + 1000 * self.stage_index
-        batch_size = distributed.local_batch_size(stage.batch_size, self.dist)
-        if self.cfg.data.source == "digits":
-            from ..data.digits import DigitsLoader
-
-            return DigitsLoader(image_size, batch_size, tokenize, seed=seed,
-                                state=state, rank=self.dist.rank, world_size=self.dist.world_size)
-        from ..data import build_train_loader
-
+    def _loader(self, stage: StageConfig, plan: ResolvedStage, state: dict | None):
+        """The stage's loader: its image size and local batch, captions cut to its text length."""
+        tokenize = CaptionTokenizer(tokenizer_for(self.model), plan.text_length, stage.text_reduction,
+                                    seed=self.cfg.train.seed)
         return build_train_loader(
-            self.cfg.data, image_size, batch_size, tokenize, seed=seed,
-            rank=self.dist.rank, world_size=self.dist.world_size, state=state,
+            self.cfg.data, plan.image_size, plan.local_batch, tokenize,
+            seed=self.cfg.train.seed + 1000 * self.stage_index, rank=self.dist.rank,
+            world_size=self.dist.world_size, state=state,
         )
 
     # ------------------------------------------------------------------ main loop
@@ -131,7 +107,7 @@ class Trainer:
         if resume is not None:
             restored = checkpoint.read_checkpoint(resume, self.dist)
             st = restored["state"]
-            start_stage, start_step, loader_state = resume_point(st, [stage_steps(s) for s in self.cfg.stages])
+            start_stage, start_step, loader_state = resume_point(st, [s.steps for s in self.stages])
             self.results = st.get("results", [])
             self._log(f"resuming from {resume} (stage {start_stage}, step {start_step})")
         if self.dist.is_main:
@@ -148,15 +124,14 @@ class Trainer:
         return self.results
 
     def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
-        stage = self.cfg.stages[index]
+        stage, plan = self.cfg.stages[index], self.stages[index]
         self.stage_index = index
         if restored is not None:  # weights at the sizes they were saved at, then this stage's
             load_weights(self.model, restored["model"])
-        self._apply_stage_shapes(stage)
+        self._set_up_model(stage, plan)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
         mid_stage = restored is not None and start_step > 0
-        self.model.visual.reduction = stage.image_reduction
         self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
         if mid_stage:
@@ -164,11 +139,11 @@ class Trainer:
         if mid_stage and "rng" in restored:
             checkpoint.set_rng_state(restored["rng"], self.generator)
         loss_fn = self._loss_fn(stage)
-        total = stage_steps(stage)
-        loader = self._loader(stage, loader_state)
+        total = plan.steps
+        loader = self._loader(stage, plan, loader_state)
         self._log(
             f"stage {index} '{stage.name}': {total} steps of {stage.batch_size} at "
-            f"{self.model.visual.cfg.image_size}px, text {self.model.context_length} "
+            f"{plan.image_size}px, text {plan.text_length} "
             f"({stage.image_reduction.strategy} / {stage.text_reduction.strategy})"
         )
         progress = self._progress(total, start_step, stage.name)
@@ -185,7 +160,7 @@ class Trainer:
             with self.autocast():
                 loss = forward_backward(
                     self.wrapped, images, text, loss_fn, microbatch_size=self.cfg.train.microbatch_size,
-                    no_sync=distributed.no_sync_factory(self.wrapped, self.dist),
+                    no_sync=distributed.no_sync_factory(self.wrapped, self.dist), generators=[self.generator],
                 )
             if not math.isfinite(loss):
                 self._skip_step(step)
@@ -209,7 +184,7 @@ class Trainer:
         if progress is not None:
             progress.close()
         self.model = distributed.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
-        self.model.visual.reduction = None
+        self.model.visual.set_token_reduction(None)
         self._evaluate(index, total)
         self._save(index, total, optimizer, loader, stage_done=True)
 
@@ -249,7 +224,7 @@ class Trainer:
         return self.writer
 
     def _global_step(self, index: int, step: int) -> int:
-        return sum(stage_steps(s) for s in self.cfg.stages[:index]) + step
+        return sum(s.steps for s in self.stages[:index]) + step
 
     def _report(self, progress, step: int, loss: float, lr: float, rate: float, loader) -> None:
         if progress is not None:
