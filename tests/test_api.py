@@ -173,18 +173,14 @@ def test_an_openclip_folder_as_pretrained(saved, tmp_path):
 def test_clipa_eval_and_clipas_own_export_of_an_overridden_model(saved, tmp_path, capsys):
     """`clipa eval FOLDER` reads an OpenCLIP folder, and clipa's export of a model built with
     overrides (no registry name fits it) loads back by path with its config."""
-    import tarfile
+    from conftest import image_bytes, write_samples
 
     from clipa.cli import main
     from clipa.export import export_openclip
 
     folder, ref = saved
-    with tarfile.open(tmp_path / "caps.tar", "w") as tar:
-        for i in range(3):
-            for ext, data in (("jpg", _jpeg_bytes(i)), ("txt", f"picture {i}".encode())):
-                info = tarfile.TarInfo(f"k{i}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    write_samples(tmp_path / "caps.tar", [(f"k{i}", {"jpg": image_bytes(i), "txt": f"picture {i}".encode()})
+                                          for i in range(3)])
     assert main(["eval", str(folder), "--data", str(tmp_path / "caps.tar"), "--no-progress", "--device", "cpu"]) == 0
     assert "image_retrieval_recall@1" in capsys.readouterr().out
 
@@ -194,9 +190,3 @@ def test_clipa_eval_and_clipas_own_export_of_an_overridden_model(saved, tmp_path
     back = clipa.create_model(str(tmp_path / "export")).eval()
     for k, v in mine.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
-
-
-def _jpeg_bytes(seed: int) -> bytes:
-    buf = io.BytesIO()
-    _photo(seed, (40, 30)).save(buf, "JPEG")
-    return buf.getvalue()

@@ -66,7 +66,7 @@ def test_a_slice_of_a_class_sorted_shard_keeps_every_class(tmp_path):
     the result counts the images scored. An image folder (class folders in order) likewise."""
     (tmp_path / "test").mkdir()
     sizes = [7 + 3 * c for c in range(10)]  # unequal classes: 7, 10, ..., 34 images
-    _tar(tmp_path / "test" / "0.tar", [(f"{c}_{i}", {"jpg": _jpeg((20 * c, 0, 0), (8, 8)), "cls": str(c).encode()})
+    write_samples(tmp_path / "test" / "0.tar", [(f"{c}_{i}", {"jpg": _jpeg((20 * c, 0, 0), (8, 8)), "cls": str(c).encode()})
                                        for c, n in enumerate(sizes) for i in range(n)])
     (tmp_path / "classnames.txt").write_text("\n".join(f"class {c}" for c in range(10)))
     total = sum(sizes)
@@ -196,7 +196,7 @@ def test_a_folder_of_several_splits_gives_one_and_counts_it(tmp_path, weights, c
     the test split only (--split picks another) and prints how many images and captions it scored."""
     (tmp_path / "f").mkdir()
     for split, n in (("train", 4), ("val", 2), ("test", 3)):
-        _tar(tmp_path / "f" / f"{split}-0.tar", [(f"{split}{i}", {"jpg": _jpeg((30 * i, 0, 0)),
+        write_samples(tmp_path / "f" / f"{split}-0.tar", [(f"{split}{i}", {"jpg": _jpeg((30 * i, 0, 0)),
                                                                  "txt": f"{split} {i}\nagain {i}".encode()})
                                                 for i in range(n)])
     assert main(["eval", str(weights), "--model", "clipa-tiny", "--data", str(tmp_path / "f"), "--no-progress",

@@ -37,20 +37,18 @@ def test_readable_by_group_and_others_under_umask_022(tmp_path, mask):
     assert mode & stat.S_IRGRP and mode & stat.S_IROTH
 
 
-def test_checkpoint_and_export_files_readable_by_group_and_others(tmp_path, mask):
+def test_checkpoint_and_export_files_readable_by_group_and_others(tmp_path, mask, tiny_model):
     """The acceptance check: under umask 022 every file of a checkpoint step and of an OpenCLIP
     export is readable by group and others (safetensors alone would write them 0600)."""
-    import clipa
     from clipa import checkpoint as ckpt
     from clipa.distributed import DistInfo
     from clipa.export import export_openclip
 
     mask(0o022)
-    model = clipa.create_model("clipa-tiny", vision={"layers": 1}, text={"layers": 1})
-    optimizer = torch.optim.AdamW(model.parameters())
-    ckpt.save_checkpoint(tmp_path / "checkpoints", 1, model, model, optimizer, {"stage": 0}, ckpt.rng_state(None),
-                         DistInfo())
-    export_openclip(model, tmp_path / "export")
+    optimizer = torch.optim.AdamW(tiny_model.parameters())
+    ckpt.save_checkpoint(tmp_path / "checkpoints", 1, tiny_model, tiny_model, optimizer, {"stage": 0},
+                         ckpt.rng_state(None), DistInfo())
+    export_openclip(tiny_model, tmp_path / "export")
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors",
                                        "open_clip_model.safetensors"}
