@@ -54,9 +54,10 @@ def run_block(block: Block, folder: Path, timeout: int) -> None:
     bin_dir = folder / ".bin"
     if not bin_dir.exists():
         bin_dir.mkdir()
-        (bin_dir / "clipa").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m clipa "$@"\n')
-        (bin_dir / "clipa").chmod(0o755)
-        (bin_dir / "python").symlink_to(sys.executable)
+        # scripts, not symlinks: a venv's python found through a link elsewhere is not the venv's
+        for name, command in (("clipa", f'"{sys.executable}" -m clipa'), ("python", f'"{sys.executable}"')):
+            (bin_dir / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+            (bin_dir / name).chmod(0o755)
         (folder / "configs").symlink_to(ROOT / "configs")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
