@@ -109,7 +109,9 @@ class Trainer:
             st = restored["state"]
             start_stage, start_step, loader_state = resume_point(st, [s.steps for s in self.stages])
             self.results = st.get("results", [])
-            self._log(f"resuming from {resume} (stage {start_stage}, step {start_step})")
+            where = (f"stage {start_stage}, step {start_step}" if start_stage < len(self.stages)
+                     else f"all {len(self.stages)} stage(s) are done: nothing to train")
+            self._log(f"resuming from {resume} ({where})")
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
