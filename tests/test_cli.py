@@ -85,3 +85,17 @@ def test_debug_after_the_arguments_re_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_shard"):
         cli.main(["data", "inspect", str(tmp_path / "no_such_shard.tar"), "--debug"])
     assert cli.main(["data", "inspect", str(tmp_path / "no_such_shard.tar")]) == 2
+
+
+def test_eval_table_says_percent_while_the_json_holds_fractions():
+    from clipa.eval.runner import format_table, result_record
+
+    samples = {"scored": 2000, "skipped": {"corrupt_image": 1}, "drawn": "2,000 of 10,000 samples, evenly spaced"}
+    record = result_record("cifar10", "zeroshot", {"acc1": 0.905, "mean_per_class_recall": 0.9, "C": 0.0316,
+                                                   "samples": samples}, "clipa-tiny", "runs/default")
+    assert record["metrics"]["acc1"] == 0.905
+    table = format_table([record]).splitlines()
+    value = {line.split()[2]: line.split()[3] for line in table[2:-2]}
+    assert value == {"acc1": "90.50%", "mean_per_class_recall": "90.00%", "C": "0.0316", "images": "2,000",
+                     "skipped": "1"}
+    assert table[-2] == "cifar10: 2,000 of 10,000 samples, evenly spaced" and "fractions of 1" in table[-1]

@@ -17,12 +17,13 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import clipa
-from clipa.config import DataConfig, TextReductionConfig
+from clipa.config import DataConfig, TextReductionConfig, load_config
 from clipa.data import (
     CLIP_MEAN,
     CLIP_STD,
@@ -32,7 +33,7 @@ from clipa.data import (
     build_train_loader,
     build_train_transform,
 )
-from clipa.data.samples import DecodeOptions, decode_image
+from clipa.data.samples import DecodeOptions, captions_of, decode_image
 from clipa.data.sources import load_source
 from clipa.data.tar import ShardError, iter_groups, iter_members
 from clipa.data.transforms import draft_size, normalise, train_pixels
@@ -517,6 +518,96 @@ def test_digits_ranks_slice_the_one_process_batch():
 # ----------------------------------------------------------------------------- tools
 
 
+def test_convert_inspect_and_train_on_the_same_folder(tmp_path, capsys):
+    """The folder `clipa data convert` writes is a source as it stands: `clipa data inspect
+    FOLDER` and a training run with data.source=FOLDER read every sample of it."""
+    from clipa.cli import main
+    from clipa.train.trainer import Trainer
+
+    _write_images(tmp_path / "photos", [f"p{i}.jpg" for i in range(6)])
+    (tmp_path / "photos" / "captions.json").write_text(json.dumps({f"p{i}.jpg": f"photo number {i}" for i in range(6)}))
+    shards = tmp_path / "shards"
+    assert main(["data", "convert", str(tmp_path / "photos"), "-o", str(shards), "--shard-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == str(shards)
+    assert main(["data", "inspect", str(shards)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["shards"], report["usable"], report["skipped"]) == (2, 6, {})
+
+    cfg = load_config(None, [f"data.source={shards}", "model=clipa-tiny", "stage.samples=8", "stage.batch_size=2",
+                             "stage.image_size=16", "train.progress=false", f"train.output_dir={tmp_path / 'run'}",
+                             "train.threads=1", "train.device=cpu"])
+    Trainer(cfg).fit()
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step_*/state.json")).read_text())
+    assert state["global_step"] == 4 and state["loader"]["skipped"] == {}
+    assert state["loader"]["fingerprint"]["source"] == load_source(str(shards)).fingerprint()
+    assert state["loader"]["epoch"] == 1  # 8 samples from 6: the whole folder was read once
+    assert state["config"]["stages"][0]["name"] == "main"  # not the built-in stage's "digits"
+
+
+def test_image_folder_with_caption_sidecars(tmp_path):
+    """cat.jpg + cat.txt: the .txt holds the caption (the whole file, as in shards); a captions
+    file, where there is one, wins for the images it lists; a .txt that is not UTF-8 is counted."""
+    from clipa.data.tools import inspect
+
+    folder = tmp_path / "pets"
+    _write_images(folder, ["cat.jpg", "dog.jpg", "sub/owl.png", "nocaption.jpg", "bad.jpg"])
+    (folder / "cat.txt").write_text("a cat on a sofa\n")
+    (folder / "dog.txt").write_text("a dog in the snow")
+    (folder / "sub" / "owl.txt").write_text("an owl at night")
+    (folder / "bad.txt").write_bytes(b"\xff\xfe caption")
+    report = inspect(str(folder))
+    assert (report["usable"], report["skipped"]) == (3, {"bad_text": 1, "missing_caption": 1})
+
+    def captions() -> dict:
+        src = load_source(str(folder))
+        return {raw["__key__"]: captions_of(raw) for _, raw in src.read(0) if raw["__key__"] not in ("bad", "nocaption")}
+
+    assert captions() == {"cat": ["a cat on a sofa"], "dog": ["a dog in the snow"], "sub/owl": ["an owl at night"]}
+    (folder / "captions.json").write_text(json.dumps({"cat.jpg": ["a tabby", "a cat"]}))
+    assert captions()["cat"] == ["a tabby", "a cat"] and captions()["dog"] == ["a dog in the snow"]
+    with pytest.raises(FileNotFoundError, match=r"\.txt file beside each image"):
+        _write_images(tmp_path / "bare", ["x.jpg"])
+        load_source(str(tmp_path / "bare"))
+
+
+def test_csv_with_other_column_names_through_the_command_flags(tmp_path, capsys):
+    """Custom columns are chosen with --image-key/--caption-key/--separator; a wrong one is one
+    line naming the flag (not the training config's data.csv_* keys) and the columns there are."""
+    from clipa.cli import main
+
+    _write_images(tmp_path, ["a.jpg", "b.jpg"])
+    table = tmp_path / "list.csv"
+    table.write_text("image;text\na.jpg;a red thing\nb.jpg;a blue thing\n")
+    flags = ["--image-key", "image", "--caption-key", "text", "--separator", ";"]
+    assert main(["data", "inspect", str(table), *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["usable"] == 2
+    assert main(["data", "convert", str(table), "-o", str(tmp_path / "out"), *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 2
+
+    assert main(["data", "inspect", str(table), "--image-key", "image", "--separator", ";"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipa: error: ") and "\n" not in err
+    assert "no column 'title' (columns: image, text)" in err and "--caption-key" in err and "data.csv" not in err
+    assert main(["data", "inspect", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'filepath' (columns: image;text); set --image-key" in err and "--separator" in err
+    with pytest.raises(ValueError, match="data.csv_caption_key"):  # training names its config keys
+        load_source(str(table), image_key="image", separator=";")
+
+
+def test_inspect_grid_keeps_a_visible_space_between_words(tmp_path):
+    """The default font's space is 2 px at small sizes: captions in the grid read as one word.
+    Measured on the picture: every gap between the ink of "I I I I" is at least 4 px wide."""
+    from clipa.data.tools import _grid
+
+    _grid([("I I I I", Image.new("RGB", (50, 50), "white"))], tmp_path / "g.png")
+    band = np.asarray(Image.open(tmp_path / "g.png").convert("L"))[200:]
+    ink = (band < 128).any(axis=0)
+    edges = np.flatnonzero(np.diff(ink.astype(int)))  # starts and ends of inked columns
+    gaps = edges[2::2] - edges[1:-1:2]
+    assert len(gaps) == 3 and gaps.min() >= 4, gaps
+
+
 def test_convert_then_inspect(tmp_path, capsys):
     from clipa.data.tools import convert, inspect
 
@@ -539,7 +630,7 @@ def test_convert_then_inspect(tmp_path, capsys):
     report = inspect(f"{tmp_path}/shards/{{00000..00001}}.tar", grid=tmp_path / "grid.png")
     assert report["samples"] == report["usable"] == 4 and report["captions"] == 5
     assert report["caption_words"] == {"min": 1, "mean": 2.8, "median": 2, "p95": 5, "max": 5}  # 2 4 5 1 2
-    assert Image.open(tmp_path / "grid.png").size == (2 * 160, 2 * (160 + 44))
+    assert Image.open(tmp_path / "grid.png").size == (2 * 200, 2 * (200 + 51))
 
     cli = pytest.importorskip("clipa.cli")
     if "data" not in cli.build_parser()._subparsers._group_actions[0].choices:

@@ -56,8 +56,41 @@ def test_clip_benchmark_layout(tmp_path):
     assert torch.cat([b[1] for b in got]).tolist() == [i % 3 for i in range(5)] * 2
     assert clip_benchmark_set(tmp_path, transform=eval_transform(16), max_samples=3).size == 3
     sliced = list(batches(clip_benchmark_set(tmp_path, transform=eval_transform(16), max_samples=3)))
-    # a slice is spread over the shards (2 from the first, 1 from the second), not cut from the front
-    assert torch.cat([b[1] for b in sliced]).tolist() == [0, 1, 0]
+    # a slice is spread over the whole set (samples 0, 3 and 6 of 10), not cut from the front
+    assert torch.cat([b[1] for b in sliced]).tolist() == [0, 0, 1]
+
+
+def test_a_slice_of_a_class_sorted_shard_keeps_every_class(tmp_path):
+    """Acceptance (issue 16): one class-sorted shard (as CIFAR-10's test set) sliced to 20%
+    keeps every class within one image of its share of the slice, says how it was drawn, and
+    the result counts the images scored. An image folder (class folders in order) likewise."""
+    (tmp_path / "test").mkdir()
+    sizes = [7 + 3 * c for c in range(10)]  # unequal classes: 7, 10, ..., 34 images
+    write_samples(tmp_path / "test" / "0.tar", [(f"{c}_{i}", {"jpg": _jpeg((20 * c, 0, 0), (8, 8)), "cls": str(c).encode()})
+                                       for c, n in enumerate(sizes) for i in range(n)])
+    (tmp_path / "classnames.txt").write_text("\n".join(f"class {c}" for c in range(10)))
+    total = sum(sizes)
+    want = total // 5
+    es = open_data(tmp_path, 16, max_samples=want)
+    labels = torch.cat([y for _, y in batches(es, batch_size=16)])
+    assert len(labels) == es.size == want
+    counts = torch.bincount(labels, minlength=10)
+    for c, n in enumerate(sizes):
+        assert abs(counts[c].item() - n * want / total) < 1, (c, counts.tolist())
+    assert es.drawn == f"{want} of {total} samples, evenly spaced over the whole set (1 in 5)"
+    assert open_data(tmp_path, 16).drawn is None
+
+    for c, n in enumerate(sizes):
+        (tmp_path / "folder" / f"c{c}").mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "folder" / f"c{c}" / f"{i:02d}.jpg").write_bytes(b"")
+    folder = open_data(tmp_path / "folder", 16, classnames=str(tmp_path / "classnames.txt"), max_samples=want)
+    counts = torch.bincount(torch.tensor([label for _, label in folder.dataset.items]), minlength=10)
+    assert all(abs(counts[c].item() - n * want / total) < 1 for c, n in enumerate(sizes)), counts.tolist()
+
+    model = clipa.create_model("clipa-tiny").eval()
+    metrics = evaluate_set(model, tokenizer_for(model), es, "zeroshot", "cpu", batch_size=32)
+    assert metrics["samples"] == {"scored": want, "skipped": {}, "drawn": es.drawn}
 
 
 def test_caption_shards_json_and_txt(tmp_path):
@@ -138,12 +171,45 @@ def test_linear_probe_against_sklearn():
     assert swept["C"] in (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0) and swept["acc1"] > 0.8
 
 
+def test_linear_probe_fitting_shows_progress(capsys):
+    """The fits (7 swept C values, then the final one) get a bar of their own, and the same result."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(3, 8, generator=g)[y] + 0.5 * torch.randn(60, 8, generator=g)
+    quiet = linear_probe(x[:40], y[:40], x[40:], y[40:])
+    assert "linear probe" not in capsys.readouterr().err
+    shown = linear_probe(x[:40], y[:40], x[40:], y[40:], show_progress=True)
+    err = capsys.readouterr().err
+    same = all(shown[k] == v or (v != v and shown[k] != shown[k]) for k, v in quiet.items())  # NaN: top-5 of 3 classes
+    assert same and shown.keys() == quiet.keys()
+    assert "linear probe on 40 features" in err and "/8 [" in err  # a bar over the 8 fits
+
+
 @pytest.fixture
 def weights(tmp_path):
     from safetensors.torch import save_file
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in clipa.create_model("clipa-tiny").state_dict().items()}, str(path))
     return path
+
+
+def test_a_folder_of_several_splits_gives_one_and_counts_it(tmp_path, weights, capsys):
+    """flickr8k/ holds train-*.tar, val-0.tar and test-0.tar: `clipa eval --data flickr8k/` scores
+    the test split only (--split picks another) and prints how many images and captions it scored."""
+    (tmp_path / "f").mkdir()
+    for split, n in (("train", 4), ("val", 2), ("test", 3)):
+        write_samples(tmp_path / "f" / f"{split}-0.tar", [(f"{split}{i}", {"jpg": _jpeg((30 * i, 0, 0)),
+                                                                 "txt": f"{split} {i}\nagain {i}".encode()})
+                                                for i in range(n)])
+    assert main(["eval", str(weights), "--model", "clipa-tiny", "--data", str(tmp_path / "f"), "--no-progress",
+                 "--output", str(tmp_path / "r.json")]) == 0
+    table = {line.split()[2]: line.split()[3] for line in capsys.readouterr().out.splitlines()[2:-1]}
+    assert (table["images"], table["captions"], table["skipped"]) == ("3", "6", "0")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["dataset"] == "f-test" and result["samples"] == {"scored": 3, "captions": 6, "skipped": {}}
+    assert open_data(tmp_path / "f", 16, split="train").dataset.count() == 4
+    with pytest.raises(FileNotFoundError, match=r"several splits \(test, train, val\).*--split"):
+        open_data(tmp_path / "f", 16, split="dev")
 
 
 def test_eval_command_tasks(tmp_path, weights, capsys):
@@ -177,7 +243,7 @@ def test_run_evals_hook(tmp_path):
     model.train()
     metrics = run_evals(model, tokenizer_for(model), EvalConfig(data=str(tmp_path / "caps.tar"), batch_size=2), "cpu")
     assert model.training and metrics["image_retrieval_recall@10"] == 1.0
-    assert metrics["samples"] == {"scored": 5, "skipped": {}}
+    assert metrics["samples"] == {"scored": 5, "captions": 10, "skipped": {}}
 
 
 # ----------------------------------------------------------------------------- damaged sets
@@ -272,7 +338,7 @@ def test_every_kind_of_bad_evaluation_sample_is_counted(tmp_path, weights):
 
 def test_given_templates_replace_a_benchmark_sets_own_and_must_exist(tmp_path):
     (tmp_path / "test").mkdir()
-    _tar(tmp_path / "test" / "0.tar", [(f"s{i}", {"jpg": _jpeg((i * 40, 0, 0)), "cls": b"0"}) for i in range(2)])
+    write_samples(tmp_path / "test" / "0.tar", [(f"s{i}", {"jpg": _jpeg((i * 40, 0, 0)), "cls": b"0"}) for i in range(2)])
     (tmp_path / "classnames.txt").write_text("red\n")
     (tmp_path / "zeroshot_classification_templates.txt").write_text("a {c} square.\n")
     mine = tmp_path / "mine.txt"
@@ -283,6 +349,6 @@ def test_given_templates_replace_a_benchmark_sets_own_and_must_exist(tmp_path):
         open_data(tmp_path, 16, templates=str(tmp_path / "missing.txt"))
     shards = tmp_path / "captions"
     shards.mkdir()
-    _tar(shards / "0.tar", [("c0", {"jpg": _jpeg((0, 0, 0)), "txt": b"a black square"})])
+    write_samples(shards / "0.tar", [("c0", {"jpg": _jpeg((0, 0, 0)), "txt": b"a black square"})])
     with pytest.raises(ValueError, match="is a retrieval set, which uses no templates"):
         open_data(shards, 16, templates=str(mine))

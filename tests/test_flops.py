@@ -107,3 +107,18 @@ def test_cli_prints_forward_and_training_step(capsys):
     total = next(line for line in out.splitlines() if line.startswith("total")).split()
     assert float(total[1].replace(",", "")) == pytest.approx(PUBLISHED["ViT-H-14-CLIPA-336"][0], abs=0.01)
     assert float(total[2].replace(",", "")) == pytest.approx(3 * float(total[1].replace(",", "")), rel=0.01)
+
+
+@pytest.mark.parametrize("argv,flag", [(["--image-size", "100"], "--image-size"),
+                                       (["--text-length", "100"], "--text-length"),
+                                       (["--image-size", "0"], "--image-size")])
+def test_cli_refuses_sizes_the_model_cannot_take(argv, flag):
+    """100 px is not a whole number of 16 px patches (the model would see 96 px) and 100 tokens
+    do not fit a 77-token context: each is an error naming the flag, not a silently different count."""
+    parser = argparse.ArgumentParser()
+    flops_command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["flops", "ViT-B-16", *argv])
+    with pytest.raises(ValueError, match=flag):
+        args.func(args)
+    with pytest.raises(ValueError, match="patch size 16 .nearest: 96 or 112 px"):
+        pair_flops(clipa.get_model_config("ViT-B-16"), 100)

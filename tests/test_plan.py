@@ -9,7 +9,7 @@ import pytest
 
 from clipa.cli import plan as plan_command
 from clipa.config import load_config
-from clipa.plan import plan_run
+from clipa.plan import _duration, _usd, format_plan, plan_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -95,6 +95,23 @@ def test_plan_table_totals(capsys):
     assert set(rows) == {"pretrain-84", "finetune-224", "finetune-336", "total"}
     plans = plan_run(load_config(recipe), 989, 0.4, 2)
     total_hours = sum(p.hours for p in plans)
-    assert float(rows["total"][-2].replace(",", "")) == pytest.approx(total_hours, abs=0.5)
-    assert float(rows["total"][-1].replace(",", "")) == pytest.approx(2 * total_hours, abs=1)
+    assert rows["total"][-2].endswith("h") and rows["total"][-1].startswith("$")
+    assert float(rows["total"][-2][:-1].replace(",", "")) == pytest.approx(total_hours, abs=0.5)
+    assert float(rows["total"][-1][1:].replace(",", "")) == pytest.approx(2 * total_hours, abs=1)
     assert sum(p.flops for p in plans) / 989e12 / 0.4 / 3600 == pytest.approx(total_hours)
+
+
+def test_small_runs_print_in_readable_units():
+    """A CPU-sized recipe takes well under an accelerator-second: the table says so in seconds
+    and TFLOPs instead of rounding every figure to 0."""
+    plans = plan_run(load_config(str(CONFIGS / "tiny" / "clipa_v2_three_stage.yaml")))
+    lines = format_plan(plans).splitlines()
+    total = lines[-1].split()
+    want_seconds = sum(p.hours for p in plans) * 3600
+    assert total[-2].endswith("s") and float(total[-2][:-1]) == pytest.approx(want_seconds, rel=0.01)
+    assert total[-3].endswith("T") and float(total[-3][:-1]) == pytest.approx(sum(p.flops for p in plans) / 1e12, rel=0.01)
+    assert total[-1] == "<$0.01"
+    for row in lines[2:-2]:
+        assert float(row.split()[6]) > 0  # GFLOPs/pair with significant digits, not 0.0
+    assert [_duration(h) for h in (2.5, 1 / 40, 1 / 7200)] == ["2.5h", "1.5min", "0.5s"]
+    assert [_usd(c) for c in (13_336.4, 4.2, 0.001)] == ["$13,336", "$4.20", "<$0.01"]

@@ -331,3 +331,27 @@ def test_stage_image_size_follows_resize_only_when_no_size_is_given():
     assert stage_image_size(resize, None, 224, 16) == 112
     assert stage_image_size(resize, 96, 224, 16) == 96
     assert stage_image_size(Img(strategy="random", ratio=0.5), None, 224, 16) == 224
+
+
+@pytest.mark.parametrize("model", ["clipa-tiny", "ViT-B-32"])
+def test_show_masks_lays_out_for_any_model_size(tmp_path, model):
+    """Titles stay in their own column (the gaps between panels are blank in the title band),
+    small models are drawn at least 160 px wide, and a long caption wraps instead of running
+    off the right edge (the right and bottom margins are blank)."""
+    import numpy as np
+    from PIL import Image
+
+    from clipa.viz import LINE_H, PAD, show_masks
+
+    src = tmp_path / "img.png"
+    Image.fromarray((torch.rand(100, 140, 3) * 255).byte().numpy()).save(src)
+    caption = " ".join([CAPTION] * 4)
+    pic = np.asarray(Image.open(show_masks(src, tmp_path / "m.png", 0.75, caption, 8, model=model)).convert("L"))
+    height, width = pic.shape
+    panel = (width - PAD) // 6 - PAD
+    assert panel >= 160
+    titles = pic[:PAD + LINE_H]
+    for i in range(1, 6):
+        gap = titles[:, i * (panel + PAD) + 1: i * (panel + PAD) + PAD - 1]
+        assert (gap == 255).all(), f"title {i} runs into the next column"
+    assert (pic[:, -PAD + 2:] == 255).all() and (pic[-PAD + 2:] == 255).all()

@@ -178,7 +178,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_is_identical(tmp_path, mon
 
     args = ["stage.samples=192", "stage.batch_size=32", "train.checkpoint_every=1", "train.resume=auto"]
     Trainer(cfg(tmp_path / "straight", *args)).fit()
-    real_save, calls = checkpoint.save_file, {"n": 0}
+    real_save, calls = checkpoint.save_tensors, {"n": 0}
 
     def save_file_on_a_full_disk(tensors, filename, *a, **k):
         calls["n"] += 1
@@ -186,14 +186,14 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_is_identical(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(tensors, filename, *a, **k)
 
-    monkeypatch.setattr(checkpoint, "save_file", save_file_on_a_full_disk)
+    monkeypatch.setattr(checkpoint, "save_tensors", save_file_on_a_full_disk)
     run = ["train", *TINY, f"train.output_dir={tmp_path / 'run'}", *args]
     assert main(run) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"clipa: error: [Errno {errno.ENOSPC}] could not write checkpoint ")
     assert "step_00000003 (No space left on device)" in err and err.count("\n") == 1
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
-    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    monkeypatch.setattr(checkpoint, "save_tensors", real_save)
     assert main(run) == 0
     assert_identical(final_weights(tmp_path / "run"), final_weights(tmp_path / "straight"))
 

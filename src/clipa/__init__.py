@@ -11,13 +11,25 @@ __all__ = [
     "CLIP",
     "RunConfig",
     "create_model",
+    "create_model_and_transforms",
     "get_model_config",
     "get_tokenizer",
     "list_models",
     "list_pretrained",
     "load_checkpoint",
     "load_config",
+    "tokenize",
 ]
+
+# Imported on first use, so the command line starts without torchvision.
+_LAZY = {"create_model_and_transforms": "api", "tokenize": "api"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
 
 def get_tokenizer(name: str, context_length: int | None = None):

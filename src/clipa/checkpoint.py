@@ -35,11 +35,12 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .checksums import ChecksumError, verify_checksums, write_checksums
 from .config import ConfigError, RunConfig, from_dict
 from .distributed import DistInfo, is_sharded, max_over_ranks
+from .files import save_tensors
 from .models import CLIP, adapt_state_dict, load_weights
 from .models import create_model as build_model
 from .safe_load import dcp_load, read_dcp_metadata
@@ -68,6 +69,11 @@ class Found:
 
 class NonFiniteWeightsError(ValueError):
     """Weights holding NaN or infinity: never saved, and refused when loaded."""
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    """Where global step ``step``'s checkpoint goes in a ``checkpoints/`` folder."""
+    return Path(root) / f"step_{step:08d}"
 
 
 def step_folders(root: str | Path) -> list[Path]:
@@ -270,7 +276,7 @@ def consolidate(path: str | Path) -> Path:
         raise FileNotFoundError(f"{found.path} has no {SHARDED_DIR}/ folder: not a sharded checkpoint")
     out = found.path / MODEL_FILE
     tmp = found.path / f".{MODEL_FILE}.tmp"
-    save_file({k: v.contiguous() for k, v in read_weights(found.path).items()}, str(tmp))
+    save_tensors({k: v.contiguous() for k, v in read_weights(found.path).items()}, str(tmp))
     os.replace(tmp, out)
     write_checksums(found.path)
     return out
@@ -362,7 +368,7 @@ def _write_step(
     ``write_extra(tmp)`` adds files before the rename (the fsdp shards, when ``model_sd`` is
     None). A failed write (a full disk) leaves nothing behind and is an OSError naming the step."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
+    final = step_dir(root, step)
     tmp = root / f"{TMP_PREFIX}step_{step:08d}-{os.getpid()}"
     try:
         _write_files(tmp, model_sd, optimizer_sd, state, rng, write_extra)
@@ -394,15 +400,15 @@ def _write_files(tmp: Path, model_sd: dict[str, torch.Tensor] | None, optimizer_
         shutil.rmtree(tmp)
     tmp.mkdir()
     if model_sd is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / MODEL_FILE))
+        save_tensors({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / MODEL_FILE))
     if write_extra is not None:
         write_extra(tmp)
     state = dict(state)
     if optimizer_sd is not None:
         tensors, meta = _flatten_optimizer(optimizer_sd)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_tensors(tensors, str(tmp / "optimizer.safetensors"))
         state["optimizer"] = meta
-    save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+    save_tensors({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     write_checksums(tmp)
 

@@ -21,6 +21,7 @@ resolved: a stage that sets ``lr_per_256`` trains at ``lr_per_256 * batch_size /
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -608,13 +609,22 @@ def _check_lr_pairs(tree: dict) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config from a YAML recipe and its bases (or the built-in default when
     ``path`` is None), apply ``overrides``, then resolve and check it."""
-    tree = _read_recipe(Path(path)) if path is not None else {}
+    return config_from_tree(_read_recipe(Path(path)) if path is not None else {}, overrides)
+
+
+def config_from_tree(tree: dict, overrides: list[str] | None = None) -> RunConfig:
+    """A run config from a mapping (a recipe's, or a saved run's ``to_dict``) and ``overrides``."""
+    tree = copy.deepcopy(tree)
     _check_lr_pairs(tree)
+    named = any(o.split("=", 1)[0] in ("stage.name", "stages.0.name") for o in overrides or [])
+    default_stages = "stages" not in tree and not named
     if overrides:
         if "stages" not in tree:  # `stage.X=...` and `stages.0.X=...` edit the default stages
             tree["stages"] = to_dict(RunConfig())["stages"]
         apply_overrides(tree, overrides)
     cfg = from_dict(RunConfig, tree)
+    if default_stages and cfg.data.source != "digits" and cfg.stages[0].name == "digits":
+        cfg.stages[0].name = StageConfig.name  # the built-in stage is named after the built-in data
     validate(cfg)
     return cfg
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from .data import CLIP_MEAN, CLIP_STD
+from .files import save_tensors
 
 FORMATS = ("openclip", "hf")
 _HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
@@ -74,7 +74,7 @@ def export_openclip(model: Any, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_clip_config.json").write_text(json.dumps(openclip_config(model), indent=2) + "\n")
-    save_file(_state_dict(model), str(out / "open_clip_model.safetensors"))
+    save_tensors(_state_dict(model), str(out / "open_clip_model.safetensors"))
     return out
 
 

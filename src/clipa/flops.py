@@ -60,12 +60,30 @@ def kept_patches(num_patches: int, keep: float = 1.0) -> int:
     return max(1, int(num_patches * keep))
 
 
+def grid_side(image_size: int, patch_size: int, what: str = "image size") -> int:
+    """Patches per side. A size the patch does not divide is refused: the patch embedding would
+    silently drop the right and bottom edges, so the count would be for a smaller image."""
+    if image_size <= 0 or image_size % patch_size:
+        below = image_size // patch_size * patch_size
+        nearest = f"{below} or {below + patch_size}" if below else f"{patch_size}"
+        raise ValueError(f"{what} {image_size} px is not a positive multiple of the patch size "
+                         f"{patch_size} (nearest: {nearest} px)")
+    return image_size // patch_size
+
+
+def check_text_length(text_length: int, context_length: int, what: str = "text length") -> int:
+    """A text length the model can take: 2 (start and end tokens) up to its context length."""
+    if not 2 <= text_length <= context_length:
+        raise ValueError(f"{what} {text_length} is outside 2..{context_length} (the model's context length)")
+    return text_length
+
+
 def image_flops(cfg: VisionConfig, embed_dim: int, image_size: int | None = None,
                 patches: int | None = None) -> tuple[float, float, int]:
     """(forward FLOPs, of which patch embedding, sequence length) of the image tower.
 
     ``patches`` is the number of patch tokens kept (default: the whole grid)."""
-    grid = (image_size or cfg.image_size) // cfg.patch_size
+    grid = grid_side(image_size or cfg.image_size, cfg.patch_size)
     n = grid * grid
     kept = n if patches is None else min(patches, n)
     patch_embed = 2.0 * n * (3 * cfg.patch_size**2) * cfg.width
@@ -76,7 +94,7 @@ def image_flops(cfg: VisionConfig, embed_dim: int, image_size: int | None = None
 
 def text_flops(cfg: TextConfig, embed_dim: int, text_length: int | None = None) -> tuple[float, int]:
     """(forward FLOPs, sequence length) of the text tower; pooled before the projection."""
-    tokens = text_length or cfg.context_length
+    tokens = check_text_length(text_length or cfg.context_length, cfg.context_length)
     body = transformer_flops(tokens, cfg.width, cfg.layers, cfg.mlp_ratio)
     return body + 2.0 * cfg.width * embed_dim, tokens
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .checkpoint import load_model, load_pretrained
 from .config import ConfigError, ModelConfig, RunConfig, from_dict, merge, to_dict, validate_model
 from .hubfile import DEFAULT_BERT, HubError, fetch, split_revision
@@ -188,6 +190,16 @@ def is_hub_name(name: str | Path) -> bool:
     return isinstance(name, str) and name.startswith(SCHEMAS)
 
 
+def hub_name(name: str | Path) -> str | None:
+    """``name`` as a ``hf-hub:``/``local-dir:`` name: itself, ``local-dir:DIR`` for a folder in
+    OpenCLIP's layout named by its path (``open_clip_config.json`` beside the weights: any
+    OpenCLIP save, or ``clipa export``'s), or None for anything else."""
+    if is_hub_name(name):
+        return str(name)
+    folder = Path(name).expanduser()
+    return f"local-dir:{folder}" if folder.is_dir() and (folder / CONFIG_NAME).is_file() else None
+
+
 def _repo(name: str) -> str:
     return name.split(":", 1)[1]
 
@@ -216,8 +228,13 @@ def _with_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
 
 def resolve(name: str, pretrained: str | Path | None = None, *, revision: str | None = None,
             cache_dir: str | Path | None = None, **overrides: Any) -> Resolved:
-    """The config and weights file a model name and ``pretrained`` value stand for (downloading if needed)."""
-    if is_hub_name(name):
+    """The config and weights file a model name and ``pretrained`` value stand for (downloading if needed).
+
+    A folder in OpenCLIP's layout, as ``name`` or as ``pretrained``, brings its own config: as
+    ``pretrained`` it must describe a model of ``name``'s shape (its own config then decides
+    the rest, such as QuickGELU), else the error names the first parameter that differs."""
+    if (as_hub := hub_name(name)) is not None:
+        name = as_hub
         if pretrained is not None:
             raise ValueError(f"{name} names its own weights: leave pretrained={str(pretrained)!r} out")
         config = read_hub_config(name, revision=revision, cache_dir=cache_dir)
@@ -226,6 +243,10 @@ def resolve(name: str, pretrained: str | Path | None = None, *, revision: str | 
         return Resolved(cfg, weights, config.get("preprocess_cfg", {}))
     if pretrained is None:
         return Resolved(get_model_config(name, **overrides), None)
+    if (folder := hub_name(pretrained)) is not None and folder.startswith("local-dir:"):
+        resolved = resolve(folder, **overrides)
+        _same_shapes(get_model_config(name, **overrides), resolved.config, f"model {name}", f"pretrained={pretrained}")
+        return resolved
     if is_hub_name(str(pretrained)):  # a registry model with a repository's weights
         return Resolved(get_model_config(name, **overrides),
                         hub_weights(_repo(str(pretrained)), revision=revision, cache_dir=cache_dir))
@@ -244,13 +265,35 @@ def resolve(name: str, pretrained: str | Path | None = None, *, revision: str | 
     return Resolved(get_model_config(name, **overrides), hub_weights(tag.repo, revision=revision, cache_dir=cache_dir))
 
 
-def create_model(name: str, pretrained: str | Path | None = None, *, revision: str | None = None,
-                 cache_dir: str | Path | None = None, **overrides: Any) -> CLIP:
-    """``clipa.create_model``: a registry name with optional weights (a file, an OpenCLIP pretrained
-    tag, or ``hf-hub:ORG/REPO``), or a whole ``hf-hub:ORG/REPO[@REV]`` / ``local-dir:DIR`` model."""
-    r = resolve(name, pretrained, revision=revision, cache_dir=cache_dir, **overrides)
+def _same_shapes(ours: ModelConfig, theirs: ModelConfig, ours_name: str, theirs_name: str) -> None:
+    """Fail, naming the first parameter that differs, unless both configs build the same
+    parameter shapes (position tables aside: they are resized on load). Built on the meta
+    device, so nothing is allocated."""
+    with torch.device("meta"):
+        want, got = CLIP(ours).state_dict(), CLIP(theirs).state_dict()
+    for key in sorted(want.keys() | got.keys()):
+        if "positional_embedding" in key:
+            continue
+        a, b = want.get(key), got.get(key)
+        if a is None or b is None or a.shape != b.shape:
+            shape = lambda t: "absent" if t is None else list(t.shape)  # noqa: E731
+            raise ConfigError(f"{theirs_name} holds another architecture than {ours_name}: {key} is {shape(b)} "
+                              f"there, {shape(a)} here (its {CONFIG_NAME} says what it is: set model and "
+                              "model_overrides to match it, or name the folder as the model)")
+
+
+def build(r: Resolved) -> CLIP:
+    """The model a :class:`Resolved` describes, with its weights when it names some."""
     model = CLIP(r.config)
     return model if r.weights is None else load_pretrained(model, r.weights)
+
+
+def create_model(name: str, pretrained: str | Path | None = None, *, revision: str | None = None,
+                 cache_dir: str | Path | None = None, **overrides: Any) -> CLIP:
+    """``clipa.create_model``: a registry name with optional weights (a file, a clipa run or
+    checkpoint, an OpenCLIP pretrained tag, a folder in OpenCLIP's layout, or ``hf-hub:ORG/REPO``),
+    or a whole model: ``hf-hub:ORG/REPO[@REV]``, ``local-dir:DIR`` or such a folder's path."""
+    return build(resolve(name, pretrained, revision=revision, cache_dir=cache_dir, **overrides))
 
 
 def load(name: str | Path, model_name: str | None = None) -> tuple[CLIP, RunConfig | None]:
@@ -258,7 +301,7 @@ def load(name: str | Path, model_name: str | None = None) -> tuple[CLIP, RunConf
     unless a clipa checkpoint): a clipa run, checkpoint or weights file (``model_name`` naming
     a weights file's architecture), a ``hf-hub:``/``local-dir:`` model, or with ``model_name``
     one of its pretrained tags."""
-    if is_hub_name(str(name)) or (model_name is not None and not Path(name).exists()):
+    if hub_name(name) is not None or (model_name is not None and not Path(name).exists()):
         return create_model(model_name or str(name), None if model_name is None else str(name)).eval(), None
     return load_model(name, model_name)
 
@@ -268,9 +311,10 @@ def get_tokenizer(name: str, context_length: int | None = None, *, revision: str
     """The tokenizer a registry name or a ``hf-hub:`` / ``local-dir:`` repository's config names."""
     from .tokenizer import get_tokenizer as registry_tokenizer, text_tokenizer
 
-    if not is_hub_name(name):
+    if hub_name(name) is None:
         return registry_tokenizer(name, context_length)
-    text = model_config_from_openclip(read_hub_config(name, revision=revision, cache_dir=cache_dir)["model_cfg"]).text
+    config = read_hub_config(hub_name(name), revision=revision, cache_dir=cache_dir)
+    text = model_config_from_openclip(config["model_cfg"]).text
     return text_tokenizer(text, context_length or text.context_length)
 
 

@@ -68,16 +68,40 @@ def _count(n: float) -> str:
     return f"{n:g}"
 
 
+def _figure(x: float) -> str:
+    """Whole numbers from 100 up (with thousands commas), three significant digits below."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _flops(n: float) -> str:
+    """FLOPs with an SI prefix (P at most, as accelerators are rated): 2,567,890P, 19.2T, 410G."""
+    for div, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(n) >= div:
+            return _figure(n / div) + prefix
+    return _figure(n)
+
+
+def _duration(hours: float) -> str:
+    """Hours, or minutes or seconds when under one: a small run's time is not 0."""
+    for unit, per_hour in (("h", 1), ("min", 60), ("s", 3600)):
+        if hours * per_hour >= 1 or unit == "s":
+            return _figure(hours * per_hour) + unit
+
+
+def _usd(cost: float) -> str:
+    return "<$0.01" if 0 < cost < 0.01 else f"${cost:,.0f}" if cost >= 100 else f"${cost:,.2f}"
+
+
 def format_plan(plans: list[StagePlan]) -> str:
-    """An aligned table: one row per stage, then the totals."""
-    head = ("stage", "px", "tokens/pair", "samples", "steps", "tokens", "GFLOPs/pair", "PFLOPs",
-            "acc-hours", "cost $")
+    """An aligned table: one row per stage, then the totals; every cell carries its unit."""
+    head = ("stage", "px", "tokens/pair", "samples", "steps", "tokens", "GFLOPs/pair", "FLOPs",
+            "acc-time", "cost")
     rows = [(p.name, str(p.image_size), f"{p.image_tokens}+{p.text_tokens}", _count(p.samples),
-             f"{p.steps:,}", _count(p.tokens), f"{p.step_flops / 1e9:,.1f}", f"{p.flops / 1e15:,.0f}",
-             f"{p.hours:,.0f}", f"{p.cost:,.0f}") for p in plans]
+             f"{p.steps:,}", _count(p.tokens), _figure(p.step_flops / 1e9), _flops(p.flops),
+             _duration(p.hours), _usd(p.cost)) for p in plans]
     total = ("total", "", "", _count(sum(p.samples for p in plans)), f"{sum(p.steps for p in plans):,}",
-             _count(sum(p.tokens for p in plans)), "", f"{sum(p.flops for p in plans) / 1e15:,.0f}",
-             f"{sum(p.hours for p in plans):,.0f}", f"{sum(p.cost for p in plans):,.0f}")
+             _count(sum(p.tokens for p in plans)), "", _flops(sum(p.flops for p in plans)),
+             _duration(sum(p.hours for p in plans)), _usd(sum(p.cost for p in plans)))
     widths = [max(len(r[i]) for r in (head, *rows, total)) for i in range(len(head))]
 
     def line(r: tuple[str, ...]) -> str:

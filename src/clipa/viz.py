@@ -23,6 +23,8 @@ from .reduction.text import STRATEGIES, syntax_keep, token_positions
 
 KEPT, PART, DROPPED = (0, 0, 0), (200, 110, 0), (170, 170, 170)
 PAD = 12
+LINE_H = 22
+MIN_PANEL = 160  # px: smaller models' inputs are drawn whole-number times larger
 
 
 def load_square(path: str | Path, size: int) -> Image.Image:
@@ -56,14 +58,17 @@ def masked(img: Image.Image, patch: int, kept: torch.Tensor | None) -> Image.Ima
     return _draw_grid(Image.fromarray(arr.astype(np.uint8)), g)
 
 
-def image_panels(img: Image.Image, patch: int, ratio: float,
-                 generator: torch.Generator) -> list[tuple[str, Image.Image]]:
-    """(title, picture) for the original and each image rule at ``ratio`` of patches removed."""
-    size, g = img.width, img.width // patch
+def image_panels(img: Image.Image, patch: int, ratio: float, generator: torch.Generator,
+                 zoom: int = 1) -> list[tuple[str, Image.Image]]:
+    """(title, picture) for the original and each image rule at ``ratio`` of patches removed.
+
+    ``img`` is the model's input drawn ``zoom`` times larger (so small models stay legible);
+    ``patch`` is the model's patch size in its own pixels."""
+    size, g = img.width // zoom, img.width // zoom // patch
     n = g * g
-    panels = [(f"full: {n} patches", masked(img, patch, None))]
+    panels = [(f"full: {n} patches", masked(img, patch * zoom, None))]
     small = resize_image_size(ImageReductionConfig("resize", ratio), size, patch)
-    coarse = img.resize((small, small), Image.BICUBIC).resize((size, size), Image.NEAREST)
+    coarse = img.resize((small, small), Image.BICUBIC).resize((img.width, img.width), Image.NEAREST)
     panels.append((f"resize {small}px: {(small // patch) ** 2}", _draw_grid(coarse, small // patch)))
     rules = [("random", "random", "fixed"), ("grid", "grid", "fixed"),
              ("grid, random pos.", "grid", "random"), ("block", "block", "fixed")]
@@ -72,7 +77,7 @@ def image_panels(img: Image.Image, patch: int, ratio: float,
                                    grid_position=position)
         idx = keep_indices(cfg, 1, (g, g), torch.device("cpu"), generator)
         kept = idx[0] if idx is not None else None
-        panels.append((f"{title}: {n if kept is None else len(kept)}", masked(img, patch, kept)))
+        panels.append((f"{title}: {n if kept is None else len(kept)}", masked(img, patch * zoom, kept)))
     return panels
 
 
@@ -118,41 +123,71 @@ def show_masks(
 ) -> Path:
     """Save a picture of the kept patches per image rule (``ratio`` of patches removed) and,
     given a ``caption``, the kept words per text rule at ``text_length`` tokens."""
-    from . import get_model_config, get_tokenizer
+    from .models import get_model_config
+    from .tokenizer import get_tokenizer
 
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio (fraction of patches removed) must be in [0, 1), got {ratio}")
     cfg = get_model_config(model)
     generator = torch.Generator().manual_seed(seed)
-    img = load_square(image_path, cfg.vision.image_size)
-    panels = image_panels(img, cfg.vision.patch_size, ratio, generator)
+    size = cfg.vision.image_size
+    zoom = -(-MIN_PANEL // size)
+    # the model's pixels, each drawn as a zoom x zoom square: what it sees, only bigger
+    img = load_square(image_path, size).resize((size * zoom, size * zoom), Image.NEAREST)
+    panels = image_panels(img, cfg.vision.patch_size, ratio, generator, zoom)
     lines = text_lines(caption, get_tokenizer(model), text_length, tagger, generator) if caption else []
 
     font = ImageFont.load_default(size=14)
-    size = img.width
-    title_h, line_h = 22, 22
-    width = PAD + len(panels) * (size + PAD)
-    height = PAD + title_h + size + PAD + (line_h * (len(lines) + 2) + PAD if lines else 0)
+    # Every panel at least MIN_PANEL px wide (whole-number zoom keeps patches square) and every
+    # column as wide as its title, so tiny models are legible and titles never overlap.
+    column = max(size * zoom, *(font.getlength(t) for t, _ in panels))
+    column = int(column) + 1
+    width = PAD + len(panels) * (column + PAD)
+    text = _layout_text(lines, text_length, font, width) if lines else []
+    height = PAD + LINE_H + size * zoom + PAD + (text[-1][1] + LINE_H + PAD if text else 0)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, (title, panel) in enumerate(panels):
-        x = PAD + i * (size + PAD)
+        x = PAD + i * (column + PAD)
         draw.text((x, PAD), title, fill=KEPT, font=font)
-        canvas.paste(panel, (x, PAD + title_h))
-    y = PAD + title_h + size + PAD
-    if lines:
-        draw.text((PAD, y), f"caption at {text_length} tokens ({text_length - 2} between start "
-                  f"and end): black kept, orange partly kept, grey dropped", fill=KEPT, font=font)
-        y += line_h
-        for name, words in lines:
-            x = PAD
-            draw.text((x, y), f"{name}:", fill=KEPT, font=font)
-            x += 80
-            for word, colour in words:
-                draw.text((x, y), word, fill=colour, font=font)
-                x += draw.textlength(word + " ", font=font)
-            y += line_h
+        canvas.paste(panel, (x, PAD + LINE_H))
+    top = PAD + LINE_H + size * zoom + PAD
+    for x, y, word, colour in text:
+        draw.text((x, top + y), word, fill=colour, font=font)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.crop((0, 0, width, y + PAD if lines else height)).save(out)
+    canvas.save(out)
+    return out
+
+
+def _layout_text(lines: list[tuple[str, list[tuple[str, tuple]]]], text_length: int, font,
+                 width: int) -> list[tuple[float, int, str, tuple]]:
+    """(x, y, word, colour) for the legend and each rule's words, wrapped at ``width`` (a long
+    caption continues on the next line, indented under the words) instead of being cut off."""
+    legend = (f"caption at {text_length} tokens ({text_length - 2} between start and end): black kept, "
+              "orange partly kept, grey dropped").split()
+    placed = [(x, row * LINE_H, word, KEPT) for x, row, word in place_words(legend, font, PAD, width - PAD)]
+    y = (placed[-1][1] + LINE_H) if placed else 0
+    indent = PAD + max(font.getlength(f"{name}:") for name, _ in lines) + font.size // 2
+    for name, words in lines:
+        placed.append((PAD, y, f"{name}:", KEPT))
+        runs = place_words([w for w, _ in words], font, indent, width - PAD)
+        placed += [(x, y + row * LINE_H, word, colour) for (x, row, word), (_, colour) in zip(runs, words)]
+        y += (runs[-1][1] + 1) * LINE_H if runs else LINE_H
+    return placed
+
+
+def place_words(words: list[str], font: ImageFont.FreeTypeFont, left: float,
+                right: float) -> list[tuple[float, int, str]]:
+    """(x, line number, word) for words set left to right between ``left`` and ``right`` px,
+    wrapping to a new line rather than running past ``right``. Words are drawn one by one a
+    visible gap apart: the default font's own space is 2 px at small sizes, which reads as none."""
+    gap = max(font.getlength(" "), font.size / 3)
+    out, x, row = [], left, 0
+    for word in words:
+        w = font.getlength(word)
+        if x > left and x + w > right:
+            x, row = left, row + 1
+        out.append((x, row, word))
+        x += w + gap
     return out

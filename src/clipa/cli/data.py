@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data.sources import ColumnError
 from ..data.tools import convert, inspect
 
 
@@ -19,13 +20,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = data.add_subparsers(dest="data_command", required=True)
 
     p = sub.add_parser("convert", help="write webdataset shards and sizes.json from a folder or CSV/TSV")
-    p.add_argument("source", help="a folder with a captions file, a CSV/TSV file, or shards to re-shard")
+    p.add_argument("source", help="a folder of images (with captions.json/.csv/.tsv or a .txt beside each image), "
+                                  "a CSV/TSV file, or shards to re-shard")
     p.add_argument("--output", "-o", required=True, help="folder for 00000.tar, 00001.tar, ... and sizes.json")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     _table_options(p)
 
     p = sub.add_parser("inspect", help="counts, skipped samples, caption lengths and a grid of samples")
-    p.add_argument("source", help="shards (brace patterns, '::' joins), a CSV/TSV or a folder")
+    p.add_argument("source", help="shards (a folder of them, brace patterns, '::' joins), a CSV/TSV or an image folder")
     p.add_argument("--grid", help="write a PNG grid of sample images with their captions here")
     p.add_argument("--grid-samples", type=int, default=16)
     p.add_argument("--max-samples", type=int, help="stop after this many samples")
@@ -36,9 +38,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     table = {"image_key": args.image_key, "caption_key": args.caption_key, "separator": args.separator}
+    try:
+        if args.data_command == "convert":
+            report = convert(args.source, args.output, args.shard_size, **table)
+        else:
+            report = inspect(args.source, args.grid, args.grid_samples, args.max_samples, **table)
+    except ColumnError as e:  # name this command's flags, not the training config's keys
+        flag = f"--{e.setting.replace('_', '-')}"
+        raise ValueError(e.message(f"{flag} to the column's name (--separator if it is not {args.separator!r})")) from None
     if args.data_command == "convert":
-        report = convert(args.source, args.output, args.shard_size, **table)
-    else:
-        report = inspect(args.source, args.grid, args.grid_samples, args.max_samples, **table)
+        report["output"] = args.output
     print(json.dumps(report, indent=1))
     return 0

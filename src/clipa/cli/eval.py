@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="CLIP_benchmark webdataset folder, caption shards (.tar, brace pattern, folder) or an "
                         "image folder (with --classnames); repeatable")
-    p.add_argument("--split", default="test", help="split folder of a CLIP_benchmark layout (default: test)")
+    p.add_argument("--split", default="test", help="split folder of a CLIP_benchmark layout, or the split a folder "
+                   "of shards named SPLIT-N.tar gives (default: test)")
     p.add_argument("--train-split", default="train",
                    help="linear probe: training split folder; when absent, a stratified half of --split is used")
     p.add_argument("--classnames", help="class-name file for an image folder: line i names the i-th folder")

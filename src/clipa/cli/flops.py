@@ -23,8 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     cfg = get_model_config(args.model)
-    size = args.image_size or cfg.vision.image_size
-    grid = size // cfg.vision.patch_size
+    size = cfg.vision.image_size if args.image_size is None else args.image_size
+    grid = counting.grid_side(size, cfg.vision.patch_size, what=f"--image-size for {args.model}:")
+    if args.text_length is not None:
+        counting.check_text_length(args.text_length, cfg.text.context_length, what=f"--text-length for {args.model}:")
+    if not 0.0 < args.image_keep <= 1.0:
+        raise ValueError(f"--image-keep {args.image_keep} is outside (0, 1]")
     f = counting.pair_flops(cfg, size, counting.kept_patches(grid * grid, args.image_keep), args.text_length)
     rows = [
         ("image", f.image, 3 * f.image - f.patch_embed),

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import distributed
-from ..config import load_config
+from ..train.resume import resolve_config
 from ..train.signals import TrainingStopped
 from ..train.trainer import Trainer
 
@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config:  # `clipa train key=value ...` without a file
         overrides.insert(0, config)
         config = None
-    cfg = load_config(config, overrides)
+    cfg, resumed = resolve_config(config, overrides)
+    if resumed:
+        print(resumed, flush=True)
     trainer = Trainer(cfg)
     try:
         results = trainer.fit()

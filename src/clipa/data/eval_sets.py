@@ -43,6 +43,7 @@ class EvalSet:
     classnames: list[str] | None = None
     templates: list[Any] | None = None
     size: int | None = None  # number of samples, when known (progress bars)
+    drawn: str | None = None  # how a subset was drawn (``max_samples``), for the results; None: the whole set
 
 
 @dataclass(frozen=True)
@@ -72,32 +73,54 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def shard_quotas(num_shards: int, max_samples: int | None) -> list[int | None]:
-    """How many samples each shard gives: all, or ``max_samples`` spread evenly over the shards
-    (so a slice of a class-sorted set such as CIFAR-10's covers every class)."""
-    if max_samples is None:
-        return [None] * num_shards
-    return [max_samples // num_shards + (i < max_samples % num_shards) for i in range(num_shards)]
+def spread(total: int, wanted: int | None) -> list[int]:
+    """``wanted`` of ``total`` positions evenly spaced over the whole order (``i * total // wanted``),
+    or all of them. Any run of n consecutive items (one class of a class-sorted set such as
+    CIFAR-10's) keeps n * wanted / total of them to within one, whatever the order is."""
+    if wanted is None or wanted >= total:
+        return list(range(total))
+    return [i * total // wanted for i in range(wanted)]
+
+
+def describe_subset(kept: int, total: int) -> str | None:
+    """How :func:`spread` drew a subset, for the results (None for the whole set)."""
+    if kept >= total:
+        return None
+    return f"{kept:,} of {total:,} samples, evenly spaced over the whole set (1 in {total / kept:.3g})"
 
 
 class ShardSet(IterableDataset):
-    """Shards read in order; with DataLoader workers, each worker takes every n-th shard."""
+    """Shards read in order; with DataLoader workers, each worker takes every n-th shard. With
+    ``max_samples``, the samples kept are spread over every shard's whole length
+    (:func:`spread`); the others' payloads are skipped unread."""
 
     def __init__(self, shards: Sequence[str | Path], transform: Callable, target: Literal["cls", "captions"],
                  max_samples: int | None = None):
         self.source = Source(" ".join(map(str, shards)), [Shard(str(s)) for s in shards])
         self.transform = transform
         self.target = target
-        self.quotas = shard_quotas(len(self.source.shards), max_samples)
+        self.picked: list[frozenset[int] | None] = [None] * len(self.source.shards)
+        self.drawn = None
+        if max_samples is not None:
+            lengths = [self._groups_in(i) for i in range(len(self.source.shards))]
+            starts = [sum(lengths[:i]) for i in range(len(lengths))]
+            chosen = spread(sum(lengths), max_samples)
+            self.picked = [frozenset(g - start for g in chosen if start <= g < start + n)
+                           for start, n in zip(starts, lengths)]
+            self.drawn = describe_subset(len(chosen), sum(lengths))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any] | Skipped]:
         info = get_worker_info()
-        picked = list(enumerate(self.quotas))
+        shard_ids = list(range(len(self.source.shards)))
         if info is not None:
-            picked = picked[info.id::info.num_workers]
-        for shard_id, quota in picked:
+            shard_ids = shard_ids[info.id::info.num_workers]
+        for shard_id in shard_ids:
+            picked = self.picked[shard_id]
+            keep, stop = (lambda i: True), None
+            if picked is not None:  # stop after the last picked sample
+                keep, stop = picked.__contains__, max(picked, default=-1) + 1
             try:
-                for _, raw in self.source.read(shard_id, stop=quota):
+                for _, raw in self.source.read(shard_id, keep, stop):
                     yield _evaluated(raw, _TARGETS[self.target], self.transform)
             except ShardError as e:  # truncated or unreadable: the rest of the shard is lost, and counted
                 yield Skipped(e.reason, str(e))
@@ -105,9 +128,9 @@ class ShardSet(IterableDataset):
     def count(self) -> int:
         """Samples the set yields, skipped ones included, from the tar headers alone (payloads
         are skipped); for progress bars."""
-        return sum(self._groups_in(shard_id, quota) for shard_id, quota in enumerate(self.quotas))
+        return sum(self._groups_in(i) if p is None else len(p) for i, p in enumerate(self.picked))
 
-    def _groups_in(self, shard_id: int, quota: int | None) -> int:
+    def _groups_in(self, shard_id: int) -> int:
         last = -1
 
         def seen(index: int) -> bool:
@@ -116,7 +139,7 @@ class ShardSet(IterableDataset):
             return False
 
         with contextlib.suppress(ShardError):  # the group in progress stands for the lost rest
-            for _ in self.source.read(shard_id, seen, quota):
+            for _ in self.source.read(shard_id, seen):
                 pass
         return last + 1
 
@@ -144,29 +167,53 @@ def clip_benchmark_set(root: str | Path, split: str = "test", transform: Callabl
     retrieval = kind_file.exists() and kind_file.read_text().strip().lower() == "retrieval"
     name = name or root.name
     if retrieval:
-        return EvalSet(name, "retrieval", ShardSet(shards, transform, "captions", max_samples))
+        dataset = ShardSet(shards, transform, "captions", max_samples)
+        return EvalSet(name, "retrieval", dataset, drawn=dataset.drawn)
     classnames_file = root / "classnames.txt"
     if not classnames_file.exists():
         raise FileNotFoundError(f"{classnames_file} is missing (one class name per line, line i = class i)")
     templates_file = root / "zeroshot_classification_templates.txt"
     templates = _read_lines(templates_file) if templates_file.exists() else list(imagenet.OPENAI_IMAGENET_TEMPLATES)
     dataset = ShardSet(shards, transform, "cls", max_samples)
-    return EvalSet(name, "classification", dataset, _read_lines(classnames_file), templates, dataset.count())
+    return EvalSet(name, "classification", dataset, _read_lines(classnames_file), templates, dataset.count(),
+                   dataset.drawn)
+
+
+def _split_of(shard: Path) -> str:
+    """The split a shard's name gives: "train" for train-3.tar, "" for 00003.tar."""
+    return re.sub(r"[-_]?\d+$", "", shard.name.split(".")[0])
+
+
+def split_shards(folder: Path, shards: list[Path], split: str) -> list[Path]:
+    """The shards of ``split`` when a folder holds several splits' (train-0.tar, val-0.tar,
+    test-0.tar): pooling them would score the training images with the test ones."""
+    splits = sorted({_split_of(s) for s in shards})
+    if len(splits) <= 1:
+        return shards
+    chosen = [s for s in shards if _split_of(s) == split]
+    if not chosen:
+        raise FileNotFoundError(f"{folder} holds the shards of several splits ({', '.join(splits)}) and none of "
+                                f"split {split!r}: choose one with --split")
+    return chosen
 
 
 def caption_shards_set(data: str | Path, transform: Callable | None = None,
-                       max_samples: int | None = None, name: str | None = None) -> EvalSet:
+                       max_samples: int | None = None, name: str | None = None, split: str = "test") -> EvalSet:
     """Retrieval on webdataset shards whose samples carry several captions (``.json`` or ``.txt``
-    lines): a ``.tar`` file, a brace pattern ``dir/test-{0..3}.tar``, or a folder of shards."""
+    lines): a ``.tar`` file, a brace pattern ``dir/test-{0..3}.tar``, or a folder of shards (only
+    ``split``'s when the folder holds several splits)."""
     data = str(data)
     path = Path(data)
-    shards = _shards_in(path) if path.is_dir() else [Path(s) for s in braceexpand.braceexpand(data)]
+    shards = split_shards(path, _shards_in(path), split) if path.is_dir() else \
+        [Path(s) for s in braceexpand.braceexpand(data)]
     missing = [s for s in shards if not s.exists()]
     if not shards or missing:
         raise FileNotFoundError(f"no retrieval shards at {data}" + (f" (missing {missing[0]})" if missing else ""))
-    if name is None:  # "flickr8k-test-0" for flickr8k/test-0.tar, the folder's name for a folder
-        name = path.name if path.is_dir() else f"{path.parent.name}-{path.name.split('.')[0]}".strip("-{")
-    return EvalSet(name, "retrieval", ShardSet(shards, transform, "captions", max_samples))
+    if name is None:  # "flickr8k-test-0" for flickr8k/test-0.tar, "flickr8k-test" for that folder's test split
+        name = (f"{path.name}-{_split_of(shards[0])}".strip("-") if path.is_dir()
+                else f"{path.parent.name}-{path.name.split('.')[0]}".strip("-{"))
+    dataset = ShardSet(shards, transform, "captions", max_samples)
+    return EvalSet(name, "retrieval", dataset, drawn=dataset.drawn)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -194,12 +241,16 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_FILES)
 
 
-def _folder_items(root: Path, label_of: Callable[[str], int | None], max_samples: int | None) -> list:
+def _folder_items(root: Path, label_of: Callable[[str], int | None],
+                  max_samples: int | None) -> tuple[list, str | None]:
+    """(image, label) pairs, class folder by class folder, and how a ``max_samples`` subset was
+    drawn (spread over every class folder, not the first ones)."""
     items = [(f, label) for d in sorted(p for p in root.iterdir() if p.is_dir())
              if (label := label_of(d.name)) is not None for f in _images_under(d)]
     if not items:
         raise FileNotFoundError(f"no labelled images under {root}")
-    return items[:max_samples] if max_samples is not None else items
+    kept = [items[i] for i in spread(len(items), max_samples)]
+    return kept, describe_subset(len(kept), len(items))
 
 
 def image_folder_set(root: str | Path, classnames_file: str | Path, templates_file: str | Path | None = None,
@@ -214,9 +265,9 @@ def image_folder_set(root: str | Path, classnames_file: str | Path, templates_fi
         raise ValueError(f"{classnames_file} has {len(classnames)} names for {len(folders)} class folders in {root}")
     index = {f: i for i, f in enumerate(folders)}
     templates = _read_lines(Path(templates_file)) if templates_file else list(imagenet.OPENAI_IMAGENET_TEMPLATES)
-    items = _folder_items(root, index.get, max_samples)
+    items, drawn = _folder_items(root, index.get, max_samples)
     return EvalSet(name or root.name, "classification", LabeledFiles(items, transform),
-                   classnames, templates, len(items))
+                   classnames, templates, len(items), drawn)
 
 
 IMAGENET_VARIANTS = ("imagenet-val", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r", "objectnet")
@@ -245,8 +296,9 @@ def imagenet_set(variant: str, root: str | Path, transform: Callable | None = No
         classnames = list(imagenet.IMAGENET_CLASSNAMES)
     else:
         raise ValueError(f"unknown ImageNet variant {variant!r}; known: {', '.join(IMAGENET_VARIANTS)}")
-    items = _folder_items(root, labels.get, max_samples)
-    return EvalSet(variant, "classification", LabeledFiles(items, transform), classnames, templates, len(items))
+    items, drawn = _folder_items(root, labels.get, max_samples)
+    return EvalSet(variant, "classification", LabeledFiles(items, transform), classnames, templates, len(items),
+                   drawn)
 
 
 def _objectnet_set(root: Path, transform, templates, max_samples) -> EvalSet:
@@ -258,9 +310,10 @@ def _objectnet_set(root: Path, transform, templates, max_samples) -> EvalSet:
     to_imagenet = json.loads((mappings / "objectnet_to_imagenet_1k.json").read_text())
     folders = sorted(f for f, label in folder_to_label.items() if label in to_imagenet)
     index = {f: i for i, f in enumerate(folders)}
-    items = _folder_items(base / "images", index.get, max_samples)
+    items, drawn = _folder_items(base / "images", index.get, max_samples)
     classnames = [folder_to_label[f].lower() for f in folders]
-    return EvalSet("objectnet", "classification", LabeledFiles(items, transform), classnames, templates, len(items))
+    return EvalSet("objectnet", "classification", LabeledFiles(items, transform), classnames, templates, len(items),
+                   drawn)
 
 
 def open_data(data: str | Path, image_size: int, split: str = "test", classnames: str | None = None,
@@ -280,7 +333,7 @@ def open_data(data: str | Path, image_size: int, split: str = "test", classnames
     if benchmark:
         evalset = clip_benchmark_set(path, split, transform, max_samples)
     else:
-        evalset = caption_shards_set(path if path.is_dir() else data, transform, max_samples)
+        evalset = caption_shards_set(path if path.is_dir() else data, transform, max_samples, split=split)
     if templates is not None:  # given templates replace the set's own, and must exist
         if evalset.kind != "classification":
             raise ValueError(f"--templates {templates}: {evalset.name} is a retrieval set, which uses no templates")
@@ -295,12 +348,15 @@ def open_data(data: str | Path, image_size: int, split: str = "test", classnames
 class Tally:
     """Samples scored and skipped (by reason) while a set is read: what a result reports."""
 
-    scored: int = 0
+    scored: int = 0  # images
+    captions: int | None = None  # captions with them (retrieval sets; None for classification)
     skipped: dict[str, int] = field(default_factory=dict)
 
     def record(self) -> dict:
-        """``{"scored": n, "skipped": {reason: n, ...}}`` (reasons sorted; none: empty)."""
-        return {"scored": self.scored, "skipped": dict(sorted(self.skipped.items()))}
+        """``{"scored": n, "skipped": {reason: n, ...}}`` (reasons sorted; none: empty), with
+        ``"captions": n`` after ``scored`` for a retrieval set."""
+        captions = {} if self.captions is None else {"captions": self.captions}
+        return {"scored": self.scored, **captions, "skipped": dict(sorted(self.skipped.items()))}
 
     def __str__(self) -> str:
         return f"{self.scored} samples scored, {sum(self.skipped.values())} skipped ({describe(self.skipped)})"
@@ -329,6 +385,8 @@ def batches(evalset: EvalSet, batch_size: int = 256, workers: int = 0,
             count_skip(tally.skipped, sample.reason, sample.where)
         if len(targets):
             tally.scored += len(targets)
+            if evalset.kind == "retrieval":
+                tally.captions = (tally.captions or 0) + sum(map(len, targets))
             yield images, targets
 
 

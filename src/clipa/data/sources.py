@@ -6,10 +6,14 @@ A source string joins one or more sources with ``::``. Each is
   ``pipe:`` command (opened by ``webdataset.gopen``); ``.tar.gz``/``.tgz`` are gunzipped;
 - a CSV/TSV file with an image-path column and a caption column (paths relative to
   the file's folder; ``.tsv`` files are read with a tab whatever ``csv_separator`` says);
-- a folder of images (searched recursively) with a captions file in it: ``captions.json``
-  (``{"relative/path.jpg": "caption" or ["caption", ...]}``) or ``captions.csv``/
-  ``captions.tsv`` (columns ``csv_image_key``, ``csv_caption_key``; an image on several
-  rows gets all those captions).
+- a folder of images (searched recursively) with their captions in a captions file,
+  ``captions.json`` (``{"relative/path.jpg": "caption" or ["caption", ...]}``) or
+  ``captions.csv``/``captions.tsv`` (columns ``csv_image_key``, ``csv_caption_key``; an image
+  on several rows gets all those captions), or in a ``.txt`` file beside each image
+  (``cat.jpg`` + ``cat.txt``, the whole file one caption, as in shards); an image the
+  captions file lists takes its captions from there;
+- a folder of shards (``*.tar``, ``*.tar.gz``, ``*.tgz`` directly in it, in name order), such
+  as ``clipa data convert`` writes.
 
 Tables (CSV and folders) are cut into shards of :data:`TABLE_SHARD_ROWS` rows, so every
 kind of source is read, shuffled, split by rank and worker and resumed the same way.
@@ -38,11 +42,27 @@ TABLE_SHARD_ROWS = 1000
 CAPTION_FILES = ("captions.json", "captions.tsv", "captions.csv")
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+class ColumnError(ValueError):
+    """A table lacks the column a setting names. ``setting`` is ``image_key`` or ``caption_key``,
+    so each front end (config keys, command-line flags) can say which of its own to change."""
+
+    def __init__(self, path: Path, setting: str, column: str, columns: list[str]):
+        self.path, self.setting, self.column, self.columns = path, setting, column, columns
+        super().__init__(self.message("data.csv_image_key / data.csv_caption_key / data.csv_separator"))
+
+    def message(self, how: str) -> str:
+        return f"{self.path}: no column {self.column!r} (columns: {', '.join(self.columns) or 'none'}); set {how}"
+
+
 @dataclass(frozen=True, slots=True)  # slots: millions of rows stay small
 class Row:
     path: str
     key: str
     captions: tuple[str, ...]
+    caption_file: str | None = None  # a sidecar .txt, read with the image (for rows without captions)
 
 
 @dataclass(frozen=True)
@@ -121,7 +141,12 @@ def _read_rows(table: list[Row], shard: Shard, keep, stop) -> Iterator[tuple[int
         if not keep(index):
             continue
         row = table[start + index]
-        raw: dict = {"__key__": row.key, "__url__": shard.url, "captions": list(row.captions)}
+        raw: dict = {"__key__": row.key, "__url__": shard.url}
+        if row.captions or row.caption_file is None:
+            raw["captions"] = list(row.captions)
+        else:  # read as a shard's .txt is, so bad bytes are counted as bad_text
+            with contextlib.suppress(OSError):  # gone since listing: counted as missing_caption
+                raw["txt"] = Path(row.caption_file).read_bytes()
         ext = Path(row.path).suffix.lower().lstrip(".")
         try:
             raw[ext if ext in IMAGE_EXTS else "jpg"] = Path(row.path).read_bytes()
@@ -135,12 +160,9 @@ def _read_table(path: Path, image_key: str, caption_key: str, separator: str) ->
         separator = "\t"
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter=separator)
-        missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{path}: no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])}); "
-                "set data.csv_image_key / data.csv_caption_key / data.csv_separator"
-            )
+        for setting, column in (("image_key", image_key), ("caption_key", caption_key)):
+            if column not in (reader.fieldnames or []):
+                raise ColumnError(path, setting, column, list(reader.fieldnames or []))
         return [(r[image_key] or "", r[caption_key] or "") for r in reader]
 
 
@@ -153,23 +175,34 @@ def csv_rows(path: Path, image_key: str, caption_key: str, separator: str) -> li
 
 
 def folder_rows(folder: Path, image_key: str, caption_key: str, separator: str) -> list[Row]:
-    """One row per image file (sorted); captions from the folder's captions file."""
+    """One row per image file (sorted); captions from the folder's captions file, else from the
+    ``.txt`` beside the image."""
     found = [folder / n for n in CAPTION_FILES if (folder / n).is_file()]
-    if not found:
-        raise FileNotFoundError(f"{folder}: a folder source needs one of {', '.join(CAPTION_FILES)}")
     captions: dict[str, list[str]] = {}
-    if found[0].suffix == ".json":
+    if found and found[0].suffix == ".json":
         for name, value in json.loads(found[0].read_text(encoding="utf-8", errors="surrogateescape")).items():
             captions[name] = [value] if isinstance(value, str) else list(value)
-    else:
+    elif found:
         for image, caption in _read_table(found[0], image_key, caption_key, separator):
             captions.setdefault(image, []).append(caption)
-    images = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.suffix.lower().lstrip(".") in IMAGE_EXTS and p.is_file()
-    )
-    return [Row(str(folder / name), str(Path(name).with_suffix("")), tuple(captions.get(name, ()))) for name in images]
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    images = sorted(n for n in files if Path(n).suffix.lower().lstrip(".") in IMAGE_EXTS)
+    sidecars = {n: Path(n).with_suffix(".txt").as_posix() for n in images}
+    sidecars = {n: str(folder / t) for n, t in sidecars.items() if t in files}
+    if not found and not sidecars:
+        raise FileNotFoundError(
+            f"{folder}: a folder source needs its images' captions, in one of {', '.join(CAPTION_FILES)} or "
+            "in a .txt file beside each image (cat.jpg + cat.txt), or shards (*.tar) directly in it")
+    return [Row(str(folder / name), str(Path(name).with_suffix("")), tuple(captions.get(name, ())),
+                sidecars.get(name)) for name in images]
+
+
+def folder_shards(folder: Path) -> list[str]:
+    """The shards directly in ``folder`` (``clipa data convert``'s output), in name order; none
+    when it holds a captions file, which makes it an image folder."""
+    if any((folder / n).is_file() for n in CAPTION_FILES):
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(SHARD_SUFFIXES))
 
 
 def _is_remote(spec: str) -> bool:
@@ -189,6 +222,9 @@ def load_source(spec: str, weights: list[float] | None = None, *, image_key: str
     for i, part in enumerate(parts):
         weight = 1.0 if weights is None else float(weights[i])
         path = Path(os.path.expanduser(part))
+        if not _is_remote(part) and path.is_dir() and (in_folder := folder_shards(path)):
+            shards += [Shard(u, weight) for u in in_folder]
+            continue
         if not _is_remote(part) and (path.is_dir() or path.suffix.lower() in (".csv", ".tsv")):
             if not path.exists():
                 raise FileNotFoundError(f"data.source: {part} does not exist")

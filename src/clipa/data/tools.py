@@ -12,7 +12,6 @@ import json
 import math
 import statistics
 import tarfile
-import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -85,20 +84,25 @@ def convert(source: str, out_dir: str | Path, shard_size: int = 10_000, image_ke
     return {"shards": len(sizes), "samples": sum(sizes.values()), "skipped": dict(skipped)}
 
 
-def _grid(samples: list[tuple[str, Image.Image]], path: Path, cell: int = 160) -> None:
+def _grid(samples: list[tuple[str, Image.Image]], path: Path, cell: int = 200) -> None:
+    """Thumbnails in a square-ish grid, each over the first three lines of its caption."""
+    from ..viz import place_words
+
     cols = math.ceil(math.sqrt(len(samples)))
     rows = math.ceil(len(samples) / cols)
-    text_h = 44
+    font = ImageFont.load_default(size=12)
+    line_h, caption_lines = 15, 3
+    text_h = caption_lines * line_h + 6
     grid = Image.new("RGB", (cols * cell, rows * (cell + text_h)), "white")
     draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
     for i, (caption, image) in enumerate(samples):
         x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
         thumb = image.copy()
-        thumb.thumbnail((cell, cell))
+        thumb.thumbnail((cell - 8, cell - 8))
         grid.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
-        lines = textwrap.wrap(caption, width=cell // 6)[:3]
-        draw.multiline_text((x + 2, y + cell + 1), "\n".join(lines), fill="black", font=font, spacing=1)
+        for wx, row, word in place_words(caption.split(), font, x + 4, x + cell - 4):
+            if row < caption_lines:
+                draw.text((wx, y + cell + row * line_h), word, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
 

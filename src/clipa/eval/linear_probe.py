@@ -7,10 +7,11 @@ validation split carved out of the training features, then the probe is refit on
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .zeroshot import classification_metrics
 
@@ -33,11 +34,15 @@ def _logits(clf, x: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def choose_c(x: np.ndarray, y: np.ndarray, cs: Sequence[float], val_fraction: float, max_iter: int,
-             seed: int) -> tuple[float, dict[float, float]]:
-    """The inverse L2 strength with the best validation top-1 (a stratified split of the training set)."""
+             seed: int, on_fit: Callable[[], object] = lambda: None) -> tuple[float, dict[float, float]]:
+    """The inverse L2 strength with the best validation top-1 (a stratified split of the training
+    set); ``on_fit()`` is called after each fit (progress)."""
     from sklearn.model_selection import train_test_split
     fit_x, val_x, fit_y, val_y = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
-    scores = {c: float((_fit(fit_x, fit_y, c, max_iter, seed).predict(val_x) == val_y).mean()) for c in cs}
+    scores = {}
+    for c in cs:
+        scores[c] = float((_fit(fit_x, fit_y, c, max_iter, seed).predict(val_x) == val_y).mean())
+        on_fit()
     return max(cs, key=lambda c: (scores[c], -c)), scores  # ties: the stronger regularisation
 
 
@@ -52,12 +57,20 @@ def linear_probe(
     val_fraction: float = 0.2,
     max_iter: int = 1000,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> dict[str, float]:
-    """``acc1``, ``acc5``, ``mean_per_class_recall`` of a logistic-regression probe, plus the ``C`` used."""
+    """``acc1``, ``acc5``, ``mean_per_class_recall`` of a logistic-regression probe, plus the ``C`` used.
+
+    The fits take longer than encoding the features on big sets, so ``show_progress`` gives them
+    a bar of their own: one fit per swept C, then the final one."""
     x, y = train_features.double().numpy(), train_labels.long().numpy()
+    fits = tqdm(total=(len(cs) if c is None else 0) + 1, desc=f"linear probe on {len(y):,} features", unit="fit",
+                leave=False, dynamic_ncols=True, disable=not show_progress)
     if c is None:
-        c, _ = choose_c(x, y, cs, val_fraction, max_iter, seed)
+        c, _ = choose_c(x, y, cs, val_fraction, max_iter, seed, fits.update)
     clf = _fit(x, y, c, max_iter, seed)
+    fits.update()
+    fits.close()
     k = num_classes or int(max(y.max(), int(test_labels.max())) + 1)
     metrics = classification_metrics(_logits(clf, test_features.double().numpy(), k), test_labels.long())
     return {**metrics, "C": c}

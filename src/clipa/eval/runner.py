@@ -58,8 +58,9 @@ def evaluate_set(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Metrics of ``task`` on ``evalset``, under CLIP_benchmark's metric names, and under
-    ``"samples"`` how many were scored and skipped (``{"scored": n, "skipped": {reason: n}}``);
-    :func:`result_record` moves that entry beside the metrics."""
+    ``"samples"`` how many were scored and skipped (``{"scored": n, "skipped": {reason: n}}``,
+    with ``"captions"`` for retrieval and ``"drawn"`` saying how a ``max_samples`` subset was
+    drawn); :func:`result_record` moves that entry beside the metrics."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     want = "retrieval" if task == "retrieval" else "classification"
@@ -74,7 +75,8 @@ def evaluate_set(
     finally:
         model.train(was_training)
     _report(evalset.name, tally)
-    return {**metrics, "samples": tally.record()}
+    drawn = {} if evalset.drawn is None else {"drawn": evalset.drawn}
+    return {**metrics, "samples": {**tally.record(), **drawn}}
 
 
 def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, device, batch_size: int, workers: int,
@@ -95,7 +97,8 @@ def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, devic
     else:  # no training split: a stratified hold-out of the evaluation set
         tr, te = holdout_split(y, probe_train_fraction, seed)
         tx, ty, x, y = x[tr], y[tr], x[te], y[te]
-    return linear_probe(tx, ty, x, y, num_classes=len(evalset.classnames or []) or None, seed=seed)
+    return linear_probe(tx, ty, x, y, num_classes=len(evalset.classnames or []) or None, seed=seed,
+                        show_progress=show)
 
 
 def run_evals(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], eval_cfg: Any,
@@ -126,14 +129,24 @@ def write_result(path: str | Path, record: dict) -> Path:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """A terminal table: one row per data set and task, one column per metric (percent)."""
+    """A terminal table: one row per data set, task and metric; rates in percent with a "%" sign
+    (the JSON records keep CLIP_benchmark's fractions of 1), then the images (and captions)
+    scored and skipped, and how a subset was drawn."""
     rows = [("dataset", "task", "metric", "value")]
+    notes = []
     for r in records:
         for k, v in r["metrics"].items():
-            value = "n/a" if v is None else (f"{v:.4g}" if k == "C" else f"{100 * v:.2f}")
+            value = ("n/a" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if k == "C"
+                     else f"{100 * v:.2f}%")
             rows.append((r["dataset"], r["task"], k, value))
+        samples = r.get("samples", {})
+        counts = [("images", samples.get("scored")), ("captions", samples.get("captions")),
+                  ("skipped", sum(samples.get("skipped", {}).values()) if "skipped" in samples else None)]
+        rows += [(r["dataset"], r["task"], k, f"{v:,}") for k, v in counts if v is not None]
+        if samples.get("drawn"):
+            notes.append(f"{r['dataset']}: {samples['drawn']}")
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([*lines, *notes, "(rates in %; the JSON result files hold them as fractions of 1)"])

@@ -24,7 +24,7 @@ def evaluate_digits(model: CLIP, device: torch.device | str, batch_size: int = 2
     batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
     metrics = evaluate_classification(model, classifier, batches, device, amp)
     model.train(was_training)
-    return metrics
+    return {**metrics, "samples": {"scored": len(labels), "skipped": {}}}
 
 
 def evaluate_during_training(model: CLIP, cfg: RunConfig, device: torch.device,
@@ -58,3 +58,18 @@ def check_evaluation(cfg: RunConfig, image_size: int) -> None:
     evalset = open_data(cfg.eval.data, image_size, max_samples=cfg.eval.max_samples)
     if next(iter(evalset.dataset), None) is None:
         raise ValueError(f"eval.data={cfg.eval.data}: the evaluation set holds no samples")
+
+
+
+def describe_scored(metrics: dict) -> str:
+    """" on 360 images" (", 1,800 captions", "; 2,000 of 10,000 samples, evenly spaced ..."):
+    what an evaluation's figures were measured on, for the training log."""
+    samples = metrics.get("samples")
+    if not isinstance(samples, dict) or "scored" not in samples:
+        return ""
+    text = f" on {samples['scored']:,} images"
+    if samples.get("captions") is not None:
+        text += f", {samples['captions']:,} captions"
+    if skipped := sum(samples.get("skipped", {}).values()):
+        text += f" ({skipped:,} skipped)"
+    return text + (f"; {samples['drawn']}" if samples.get("drawn") else "")

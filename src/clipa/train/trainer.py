@@ -28,6 +28,7 @@ from ..tokenizer import tokenizer_for
 from . import run_folder
 from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
+from .resume import resume_point
 from .signals import StopRequests, TrainingStopped
 from .step import StepStats, TrainStep, autocast_dtype, compile_towers, configure_backends
 from .stage import ResolvedStage, resolve_stage
@@ -111,18 +112,20 @@ class Trainer:
         if resume is not None:
             restored = checkpoint.read_checkpoint(resume, self.dist)
             st = restored["state"]
-            start_stage, start_step, loader_state = st["stage"], st["stage_step"], st.get("loader")
+            start_stage, start_step, loader_state = resume_point(st, [s.steps for s in self.stages])
             self.results = st.get("results", [])
             self._skipped_before = st.get("skipped_steps", 0)  # the new stage step counts from zero
-            if st.get("stage_done"):
-                start_stage, start_step, loader_state = start_stage + 1, 0, None
-            self._log(f"resuming from {resume} (stage {start_stage}, step {start_step})")
+            where = (f"stage {start_stage}, step {start_step}" if start_stage < len(self.stages)
+                     else f"all {len(self.stages)} stage(s) are done: nothing to train")
+            self._log(f"resuming from {resume} ({where})")
         self._write_results()  # the checkpoint's: evaluations made after it are made again
         if restored is not None and restored["state"].get("stage_done"):
             self._evaluate_if_missing(restored)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+            self._log(f"run folder: {self.out.resolve()} (config.json; results.jsonl, tb/ and checkpoints/ "
+                      "as they are written)")
         for i in range(start_stage, len(self.cfg.stages)):
             self._run_stage(i, start_step if i == start_stage else 0,
                             loader_state if i == start_stage else None,
@@ -139,7 +142,7 @@ class Trainer:
         self._set_up_model(stage, plan)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
-        mid_stage = restored is not None and not restored["state"].get("stage_done")
+        mid_stage = restored is not None and start_step > 0
         self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
         if self.cfg.train.compile:
             compile_towers(self.model, per_block=distributed.is_sharded(self.wrapped))
@@ -283,14 +286,15 @@ class Trainer:
         distributed.barrier(self.dist, "rank 0's evaluation")
 
     def _record_evaluation(self, model: CLIP, index: int, step: int) -> None:
-        from .evaluate import evaluate_during_training
+        from .evaluate import describe_scored, evaluate_during_training
 
         metrics = evaluate_during_training(model, self.cfg, self.device, self.dtype)
         if not metrics:
             return
-        record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": step, **metrics}
+        g = self._global_step(index, step)  # the numbering of checkpoint folders and TensorBoard
+        record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": g, "stage_step": step,
+                  **metrics}
         self.results.append(record)
-        g = self._global_step(index, step)
         if (tb := self._tb()) is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
@@ -298,7 +302,7 @@ class Trainer:
         with open(self.out / "results.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        self._log(f"eval after stage {index} step {step}: {shown}")
+        self._log(f"eval after stage {index} step {step} (global step {g}): {shown}{describe_scored(metrics)}")
 
     def _save(self, index: int, stage_step: int, optimizer, loader, stage_done: bool) -> Path | None:
         state = {
@@ -318,6 +322,8 @@ class Trainer:
         if path is None:
             self._log(f"stage {index} step {stage_step}: the weights are not finite (NaN or infinity); "
                       "no checkpoint written")
+        else:
+            self._log(f"checkpoint: {path}")
         return path
 
     # ------------------------------------------------------------------ run folder and stopping
@@ -354,7 +360,7 @@ class Trainer:
         """A stage-end checkpoint is written before the stage's evaluation; a run stopped in
         between evaluates on resuming."""
         st = restored["state"]
-        if not any(r["stage"] == st["stage"] and r["step"] == st["stage_step"] for r in self.results):
+        if not any(r["stage"] == st["stage"] and r["stage_step"] == st["stage_step"] for r in self.results):
             load_weights(self.model, restored["model"])
             self._evaluate(st["stage"], st["stage_step"])
 
