@@ -10,6 +10,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 from PIL import Image
 
@@ -86,8 +87,12 @@ def pick_caption(captions: list[str], choice: str, seed: int) -> str:
     return captions[0] if choice == "first" else captions[(seed >> 11) % len(captions)]
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
-    """Bytes -> loaded RGB image; the size guard runs on the header, before any pixel is decoded."""
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
+                 before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
+    """Bytes -> loaded RGB image; the size guard runs on the header, before any pixel is decoded.
+
+    ``before_load`` sees the opened, not yet decoded image (size and format known) and may
+    call ``draft`` on it instead of the fixed ``draft_size`` (see :mod:`clipa.data.decode`)."""
     if not data:
         raise BadSample("empty_image")
     try:
@@ -97,7 +102,9 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
             w, h = image.size
             if w * h > max_pixels:
                 raise BadSample("decompression_bomb", f"{w}x{h} pixels")
-            if draft_size is not None and image.format == "JPEG":
+            if before_load is not None:
+                before_load(image)
+            elif draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             return image.convert("RGB")
