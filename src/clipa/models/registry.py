@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..config import ModelConfig, TextConfig, VisionConfig, from_dict, to_dict, validate_model
+from ..config import ModelConfig, TextConfig, VisionConfig, from_dict, merge, to_dict, validate_model
 from .clip import CLIP
 from .pos_embed import resample_1d, resample_grid
 
@@ -83,21 +82,11 @@ def _tiny_clipa() -> ModelConfig:
     return cfg
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in overrides.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def get_model_config(name: str, **overrides: Any) -> ModelConfig:
     """The registry config ``name`` with nested overrides, e.g. ``vision={"layers": 2}``."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    tree = _merge(to_dict(_REGISTRY[name]()), overrides)
+    tree = merge(to_dict(_REGISTRY[name]()), overrides)
     cfg = from_dict(ModelConfig, tree, prefix="model.")
     validate_model(cfg)
     return cfg
