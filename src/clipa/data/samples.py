@@ -107,7 +107,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
             elif draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            return image.convert("RGB")
+            return image if image.mode == "RGB" else image.convert("RGB")  # convert would copy
     except BadSample:
         raise
     except Image.DecompressionBombError as e:
