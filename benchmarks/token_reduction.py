@@ -81,8 +81,7 @@ def main() -> None:
         return time.perf_counter() - t0, time.process_time() - c0
 
     def loss_backward(x: torch.Tensor, t: torch.Tensor) -> None:
-        img, txt, _ = model(x, t)
-        clip_loss(img, txt, model.logit_scale).backward()
+        clip_loss(*model(x, t)).backward()
 
     def step(strategy: str | None) -> tuple[float, float]:
         size, red, _, length = setting(strategy)

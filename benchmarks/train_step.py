@@ -53,11 +53,10 @@ def step_fn(model, loss_kind):
 
     def step(images, text):
         opt.zero_grad(set_to_none=True)
-        img, txt, scale = model(images, text)
         if loss_kind == "openclip":
-            loss = ref_loss(img, txt, scale)
+            loss = ref_loss(*model(images, text))  # (img, txt, exp(t))
         else:
-            loss = clip_loss(img, txt, model.logit_scale)
+            loss = clip_loss(*model(images, text))  # (img, txt, t, None)
         loss.backward()
         opt.step()
         return loss.item()

@@ -1,7 +1,7 @@
 """Training across processes (gloo on CPU) against the same steps in one process.
 
-Reference: plain single-process training on the whole global batch (``parallel`` takes its
-trivial path). Tolerance: after 3 AdamW steps every parameter within 1e-5 of the
+Reference: plain single-process training on the whole global batch (``distributed`` and
+``loss.global_loss`` take their trivial path). Tolerance: after 3 AdamW steps every parameter within 1e-5 of the
 reference relative to that tensor's largest entry (fp32; the processes sum gradients in
 a different order, so bitwise equality is not expected). AdamW runs with eps=1e-3: Adam
 divides each gradient by its own size, which turns the rounding noise of gradients that
@@ -26,12 +26,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import clipa
-from clipa import parallel
+from clipa import checkpoint as ckpt
+from clipa import distributed
 from clipa.bigbatch import forward_backward
 from clipa.cli import main
 from clipa.config import OptimConfig, StageConfig, TrainConfig, from_dict, load_config
-from clipa.loss import clip_loss, sigmoid_loss, tiled_clip_loss
-from clipa.train import checkpoint as ckpt
+from clipa.loss import clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from clipa.train.optim import build_optimizer
 
 WORLD, BATCH, STEPS = 2, 8, 3
@@ -54,7 +54,7 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(BATCH, 3, 16, 16, generator=g), torch.randint(1, 100, (BATCH, 8), generator=g)
 
 
-def train_steps(info: parallel.DistInfo, kind: str, microbatch: int | None, loss: str,
+def train_steps(info: distributed.DistInfo, kind: str, microbatch: int | None, loss: str,
                 steps: int = STEPS, resume: str | None = None) -> dict:
     """Steps (with gradient clipping) on this rank's share of the fixed global batch, from a
     fresh model or from a single-process run's saved weights and optimizer state."""
@@ -63,20 +63,20 @@ def train_steps(info: parallel.DistInfo, kind: str, microbatch: int | None, loss
     if resume is not None:
         saved = torch.load(resume)
         model.load_state_dict(saved["model"])
-    wrapped = parallel.wrap_model(model, TrainConfig(parallel=kind), info)
+    wrapped = distributed.wrap_model(model, TrainConfig(parallel=kind), info)
     optimizer = build_optimizer(wrapped, OptimConfig(eps=1e-3), StageConfig(lr=1e-3))
     if resume is not None:
-        parallel.load_optimizer({"optimizer": saved["optimizer"]}, wrapped, optimizer, info)
+        ckpt.load_optimizer({"optimizer": saved["optimizer"]}, wrapped, optimizer, info)
     images, text = (x.chunk(info.world_size)[info.rank] for x in global_batch())
-    loss_fn = parallel.loss_across_ranks(LOSSES[loss], info)
+    loss_fn = global_loss(LOSSES[loss], info.rank, info.world_size)
     losses, norms = [], []
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         losses.append(forward_backward(wrapped, images, text, loss_fn, microbatch,
-                                       no_sync=parallel.no_sync_factory(wrapped, info)))
-        norms.append(float(parallel.clip_grad_norm(wrapped, 0.5)))
+                                       no_sync=distributed.no_sync_factory(wrapped, info)))
+        norms.append(float(distributed.clip_grad_norm(wrapped, 0.5)))
         optimizer.step()
-    params = {k: v.detach().clone() for k, v in parallel.full_model(wrapped, model, info).state_dict().items()}
+    params = {k: v.detach().clone() for k, v in distributed.full_model(wrapped, model, info).state_dict().items()}
     return {"params": params, "losses": losses, "norms": norms, "optimizer": optimizer.state_dict()}
 
 
@@ -86,11 +86,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _join(rank: int, world: int, port: int) -> parallel.DistInfo:
+def _join(rank: int, world: int, port: int) -> distributed.DistInfo:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    return parallel.init_distributed("cpu")
+    return distributed.init_distributed("cpu")
 
 
 def _steps_worker(rank: int, port: int, out: str, setups: list, resume: str | None) -> None:
@@ -100,7 +100,7 @@ def _steps_worker(rank: int, port: int, out: str, setups: list, resume: str | No
         results["resumed"] = train_steps(info, "fsdp", None, "clip", steps=1, resume=resume)
     if info.is_main:
         torch.save({k: {n: v for n, v in r.items() if n != "optimizer"} for k, r in results.items()}, out)
-    parallel._shutdown()
+    distributed.shutdown()
 
 
 def spawn(fn, *args) -> None:
@@ -121,7 +121,7 @@ def reference(loss: str, steps: int = STEPS) -> tuple[dict, dict]:
     torch.set_num_threads(1)
     torch.manual_seed(10)
     start = tiny_model(loss).state_dict()
-    return start, train_steps(parallel.DistInfo(), "ddp", None, loss, steps=steps)
+    return start, train_steps(distributed.DistInfo(), "ddp", None, loss, steps=steps)
 
 
 def check_against_single_process(tmp_path: Path, setups: list, resume_fsdp: bool = False) -> None:
@@ -183,7 +183,7 @@ def _trainer_worker(rank: int, port: int, runs: list) -> None:
         trainer.fit()
         if trainer.dist.is_main:
             torch.save(trainer.model.state_dict(), Path(output_dir) / "final.pt")
-    parallel._shutdown()
+    distributed.shutdown()
 
 
 @pytest.mark.slow
@@ -210,7 +210,7 @@ def test_fsdp_checkpoint_resumes_under_two_ranks_and_loads_under_one(tmp_path):
         torch.testing.assert_close(exported[k], v, rtol=0, atol=0, msg=k)
     alone = tmp_path / "consolidated"
     alone.mkdir()
-    shutil.copy(parallel.consolidate(final), alone / "model.safetensors")
+    shutil.copy(ckpt.consolidate(final), alone / "model.safetensors")
     shutil.copy(final / "state.json", alone / "state.json")
     model, _ = ckpt.load_model(alone)  # the consolidated file alone
     for k, v in model.state_dict().items():

@@ -1,22 +1,30 @@
 """Evaluation data readers, ImageNet metadata, linear probe and the ``clipa eval`` command on tiny
-synthetic data (no shared data needed)."""
+synthetic data (no shared data needed), including damaged sets: every good sample is scored and
+every damaged one counted by its reason."""
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data import bomb_png, corrupt_header
 
 import clipa
 from clipa.cli import main
-from clipa.eval import imagenet, linear_probe
-from clipa.eval.datasets import (caption_shards_set, clip_benchmark_set, eval_transform, expand_braces,
-                                 image_folder_set, imagenet_set, loader)
+from clipa.data import imagenet
+from clipa.data.eval_sets import (batches, caption_shards_set, clip_benchmark_set, image_folder_set, imagenet_set,
+                                  open_data)
+from clipa.data.transforms import build_eval_transform as eval_transform
+from clipa.eval import linear_probe
 from clipa.eval.linear_probe import holdout_split
-from clipa.eval.runner import open_data, run_evals
+from clipa.eval.runner import evaluate_set, result_record, run_evals
+from clipa.tokenizer import tokenizer_for
 
 
 def _jpeg(color, size=(40, 30)) -> bytes:
@@ -41,19 +49,6 @@ def _folder(root, names, per_class=2):
             Image.new("RGB", (20, 24), (10 * i, 5 * j, 100)).save(root / name / f"{j}.jpg")
 
 
-def test_transform_matches_openclip():
-    open_clip = pytest.importorskip("open_clip")
-    from open_clip.transform import image_transform
-    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)).convert("P")
-    torch.testing.assert_close(eval_transform(24)(im), image_transform(24, is_train=False)(im), atol=0, rtol=0)
-
-
-def test_expand_braces():
-    assert expand_braces("a/t-{0..2}.tar") == ["a/t-0.tar", "a/t-1.tar", "a/t-2.tar"]
-    assert expand_braces("s{008..010}.tar") == ["s008.tar", "s009.tar", "s010.tar"]
-    assert expand_braces("x.tar") == ["x.tar"]
-
-
 def test_clip_benchmark_layout(tmp_path):
     (tmp_path / "test").mkdir()
     for s in range(2):
@@ -65,11 +60,11 @@ def test_clip_benchmark_layout(tmp_path):
     es = clip_benchmark_set(tmp_path, transform=eval_transform(16))
     assert (es.kind, es.classnames, es.templates, es.size) == ("classification", ["red", "green", "blue"],
                                                                 ["a {c} square.", "the {c} thing."], 10)
-    batches = list(loader(es, batch_size=4))
-    assert [len(b[1]) for b in batches] == [4, 4, 2] and batches[0][0].shape == (4, 3, 16, 16)
-    assert torch.cat([b[1] for b in batches]).tolist() == [i % 3 for i in range(5)] * 2
+    got = list(batches(es, batch_size=4))
+    assert [len(b[1]) for b in got] == [4, 4, 2] and got[0][0].shape == (4, 3, 16, 16)
+    assert torch.cat([b[1] for b in got]).tolist() == [i % 3 for i in range(5)] * 2
     assert clip_benchmark_set(tmp_path, transform=eval_transform(16), max_samples=3).size == 3
-    sliced = list(loader(clip_benchmark_set(tmp_path, transform=eval_transform(16), max_samples=3)))
+    sliced = list(batches(clip_benchmark_set(tmp_path, transform=eval_transform(16), max_samples=3)))
     # a slice is spread over the shards (2 from the first, 1 from the second), not cut from the front
     assert torch.cat([b[1] for b in sliced]).tolist() == [0, 1, 0]
 
@@ -80,8 +75,13 @@ def test_caption_shards_json_and_txt(tmp_path):
     _tar(tmp_path / "d-1.tar", [("k2", {"jpg": _jpeg("green"), "json": b'{"captions": ["c"]}', "txt": b"ignored"})])
     es = caption_shards_set(str(tmp_path / "d-{0..1}.tar"), eval_transform(8))
     assert es.kind == "retrieval"
-    (images, captions), = list(loader(es, batch_size=8))
+    (images, captions), = list(batches(es, batch_size=8))
     assert images.shape == (3, 3, 8, 8) and captions == [["a", "b"], ["one", "two", "three"], ["c"]]
+    # braceexpand keeps zero padding
+    _tar(tmp_path / "p-09.tar", [("k9", {"jpg": _jpeg("red"), "txt": b"nine"})])
+    _tar(tmp_path / "p-10.tar", [("k10", {"jpg": _jpeg("red"), "txt": b"ten"})])
+    assert [c for _, cs in batches(caption_shards_set(str(tmp_path / "p-{09..10}.tar"), eval_transform(8)))
+            for c in cs] == [["nine"], ["ten"]]
     with pytest.raises(FileNotFoundError):
         caption_shards_set(str(tmp_path / "d-{0..2}.tar"), eval_transform(8))
 
@@ -184,6 +184,96 @@ def test_run_evals_hook(tmp_path):
                                  for i in range(5)])
     model = clipa.create_model("clipa-tiny")
     model.train()
-    from clipa.tokenizer import tokenizer_for
     metrics = run_evals(model, tokenizer_for(model), EvalConfig(data=str(tmp_path / "caps.tar"), batch_size=2), "cpu")
     assert model.training and metrics["image_retrieval_recall@10"] == 1.0
+    assert metrics["samples"] == {"scored": 5, "skipped": {}}
+
+
+# ----------------------------------------------------------------------------- damaged sets
+
+COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
+def _benchmark_set(root: Path, shards: list[list[tuple[str, dict]]]) -> Path:
+    (root / "test").mkdir(parents=True)
+    for i, samples in enumerate(shards):
+        _tar(root / "test" / f"{i}.tar", samples)
+    (root / "test" / "nshards.txt").write_text(f"{len(shards)}\n")
+    (root / "classnames.txt").write_text("red\ngreen\nblue\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a {c} square.\n")
+    return root
+
+
+def _sample(key: str, i: int) -> tuple[str, dict]:
+    return key, {"jpg": _jpeg(tuple(c // 2 + 10 * i for c in COLORS[i % 3])), "cls": str(i % 3).encode()}
+
+
+def test_a_corrupt_tar_header_costs_only_the_damaged_sample(tmp_path, weights):
+    """Acceptance (issue 11): a CLIP_benchmark set whose first shard has a corrupt tar header in
+    the middle. The runner and ``clipa eval`` (a fresh process) report every good sample as
+    scored and the damaged ones as skipped, and score exactly what the good samples alone score."""
+    first = [_sample(f"a{i}", i) for i in range(10)]
+    second = [_sample(f"b{i}", i) for i in range(6)]
+    truncated = _jpeg((9, 9, 9))[:200]
+    damaged = _benchmark_set(tmp_path / "damaged", [first, second[:3] + [("b9", {"jpg": truncated, "cls": b"1"})]
+                                                    + second[3:]])
+    corrupt_header(damaged / "test" / "0.tar", "a4.jpg")  # in the middle of the first shard
+    # Python's tarfile, as the old reader used it, ends the first shard at the damage
+    with tarfile.open(damaged / "test" / "0.tar", "r|") as tar:
+        assert [m.name for m in tar] == [f"a{i}.{e}" for i in range(4) for e in ("jpg", "cls")]
+    clean = _benchmark_set(tmp_path / "clean", [first[:4] + first[5:], second])
+    samples = {"scored": 15, "skipped": {"corrupt_image": 1, "corrupt_shard": 1}}
+
+    model = clipa.create_model("clipa-tiny", pretrained=weights).eval()
+    tokenizer = tokenizer_for(model)
+    got = evaluate_set(model, tokenizer, open_data(damaged, 32), "zeroshot", "cpu", batch_size=4)
+    want = evaluate_set(model, tokenizer, open_data(clean, 32), "zeroshot", "cpu", batch_size=4)
+    assert got["samples"] == samples and want["samples"] == {"scored": 15, "skipped": {}}
+    record = result_record("damaged", "zeroshot", got, "clipa-tiny", str(weights))
+    assert record["samples"] == samples and set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert record["metrics"] == result_record("clean", "zeroshot", want, "clipa-tiny", "")["metrics"]
+
+    out = tmp_path / "x.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(clipa.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "clipa", "eval", str(weights), "--model", "clipa-tiny",
+                          "--data", str(damaged), "--no-progress", "--batch-size", "4", "--output", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["samples"] == samples and result["metrics"] == record["metrics"]
+    assert "skipped corrupt_shard" in run.stderr and "a4" in run.stderr  # the damage is named
+    assert "15 samples scored, 2 skipped (corrupt_image=1, corrupt_shard=1)" in run.stderr
+
+
+def test_every_kind_of_bad_evaluation_sample_is_counted(tmp_path, weights):
+    """Each bad sample has its reason; the rest are scored (classification, retrieval, folders)."""
+    good = [_sample(f"g{i}", i) for i in range(4)]
+    root = _benchmark_set(tmp_path / "cls", [good[:2] + [
+        ("x0", {"jpg": _jpeg("red")}),  # no .cls
+        ("x1", {"jpg": _jpeg("red"), "cls": b"red"}),  # not an integer
+        ("x2", {"png": bomb_png(), "cls": b"0"}),
+        ("x3", {"jpg": b"", "cls": b"0"}),
+        ("x4", {"cls": b"2"}),
+    ] + good[2:]])
+    data = (root / "test" / "0.tar").read_bytes()
+    (root / "test" / "1.tar").write_bytes(data[:data.index(b"g1.jpg") + 512 + 100])  # truncated inside g1.jpg
+    (root / "test" / "nshards.txt").write_text("2\n")
+    model = clipa.create_model("clipa-tiny", pretrained=weights).eval()
+    tokenizer = tokenizer_for(model)
+    metrics = evaluate_set(model, tokenizer, open_data(root, 32), "zeroshot", "cpu", batch_size=3)
+    # the truncated copy yields its first sample (g0) before the damage; the rest counts once
+    assert metrics["samples"] == {"scored": 5, "skipped": {
+        "bad_text": 1, "corrupt_shard": 1, "decompression_bomb": 1, "empty_image": 1, "missing_image": 1,
+        "missing_label": 1}}
+    _tar(tmp_path / "caps.tar", [("c0", {"jpg": _jpeg("red"), "txt": b"one\n\n two \n"}),
+                                 ("c1", {"jpg": _jpeg("blue"), "txt": b" \n "}),
+                                 ("c2", {"jpg": _jpeg("green"), "json": b'{"captions": ["c"]}'})])
+    got = [(len(i), c) for i, c in batches(caption_shards_set(tmp_path / "caps.tar", eval_transform(8)))]
+    assert got == [(2, [["one", "two"], ["c"]])]  # captions as lines; c1 has none (empty_caption)
+    _folder(tmp_path / "imgs", ["a", "b"])
+    (tmp_path / "imgs" / "b" / "2.jpg").write_bytes(b"not an image")
+    (tmp_path / "names.txt").write_text("apple\nbanana\n")
+    folder = evaluate_set(model, tokenizer, open_data(tmp_path / "imgs", 32, classnames=str(tmp_path / "names.txt")),
+                          "zeroshot", "cpu")
+    assert folder["samples"] == {"scored": 4, "skipped": {"corrupt_image": 1}}

@@ -7,6 +7,8 @@
   compared in fp64, because there the fp32 naive loss itself is only ~1e-4 from exact.
 """
 
+import functools
+import inspect
 import math
 
 import pytest
@@ -90,7 +92,7 @@ def test_sigmoid_loss_matches_openclip():
 def test_tiled_matches_naive_fp32(device, b, tile):
     img, txt = embeddings(b, device=device)
     for t in (math.log(1 / 0.07), SCALE_100):
-        got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile), img, txt, t)
+        got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile=tile), img, txt, t)
         assert_rel_close(got, value_and_grads(clip_loss, img, txt, t), 1e-5)
 
 
@@ -109,7 +111,7 @@ def test_tiled_matches_naive_at_scale_100_with_near_identical_rows(noise):
     img, txt = near_identical(48, 16, noise, torch.float64)
     ref = value_and_grads(clip_loss, img, txt, SCALE_100)
     for tile in (5, 16, None):
-        assert_rel_close(value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile), img, txt, SCALE_100), ref, 1e-5)
+        assert_rel_close(value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile=tile), img, txt, SCALE_100), ref, 1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -118,7 +120,7 @@ def test_tiled_is_stable_at_scale_100_with_identical_rows(device):
     the running maximum exp(100) overflows fp32 (Inf-CL's CPU path)."""
     row = F.normalize(torch.randn(1, 16), dim=-1)
     img = row.expand(64, 16).contiguous().to(device)
-    got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, 7), img, img, math.log(100.0))
+    got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile=7), img, img, math.log(100.0))
     ref = value_and_grads(clip_loss, img, img, math.log(100.0))
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=0)
     torch.testing.assert_close(got[0].cpu(), torch.tensor(math.log(64.0)), rtol=1e-5, atol=0)
@@ -132,7 +134,7 @@ def test_tiled_is_stable_with_logits_far_beyond_exp_range():
     fp32 must stay finite and right; gradients are compared in fp64 (see the module doc)."""
     g = torch.Generator().manual_seed(0)
     img, txt = 3 * torch.randn(40, 16, generator=g, dtype=torch.float64), 3 * torch.randn(40, 16, generator=g, dtype=torch.float64)
-    tiled = lambda i, x, s: tiled_clip_loss(i, x, s, 9)  # noqa: E731
+    tiled = lambda i, x, s: tiled_clip_loss(i, x, s, tile=9)  # noqa: E731
     ref = value_and_grads(clip_loss, img, txt, SCALE_100)
     got32 = value_and_grads(tiled, img.float(), txt.float(), SCALE_100)
     assert all(torch.isfinite(x).all() for x in got32) and got32[0] > 500
@@ -142,7 +144,7 @@ def test_tiled_is_stable_with_logits_far_beyond_exp_range():
 
 def test_tiled_temperature_clamp_matches_naive():
     img, txt = embeddings(32)
-    got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, 5), img, txt, math.log(300.0))
+    got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile=5), img, txt, math.log(300.0))
     ref = value_and_grads(clip_loss, img, txt, math.log(300.0))
     assert got[3] == 0 and ref[3] == 0
     assert_rel_close(got[:3], ref[:3], 1e-5)
@@ -157,7 +159,8 @@ def test_tiled_gradcheck_fp64():
     assert torch.autograd.gradcheck(lambda q, k, t: tiled_clip_loss(q, k, t, tile=4), (q, txt.requires_grad_(), t))
 
 
-def test_cross_rank_local_losses_average_to_the_global_loss():
+@pytest.mark.parametrize("loss_fn", [clip_loss, functools.partial(tiled_clip_loss, tile=5)], ids=["naive", "tiled"])
+def test_cross_rank_local_losses_average_to_the_global_loss(loss_fn):
     """Each simulated rank takes its local rows against the gathered global columns with
     targets offset by rank * B_local (OpenCLIP's local loss with gather-with-grad); the mean
     over ranks is the global loss, with the same gradients."""
@@ -166,8 +169,7 @@ def test_cross_rank_local_losses_average_to_the_global_loss():
 
     def local(all_img, all_txt, t, r):
         rows = slice(r * b_local, (r + 1) * b_local)
-        return tiled_clip_loss(all_img[rows], all_txt[rows], t, tile=5,
-                               all_img=all_img, all_txt=all_txt, offset=r * b_local)
+        return loss_fn(all_img[rows], all_txt[rows], t, all_img=all_img, all_txt=all_txt, offset=r * b_local)
 
     def openclip_local(all_img, all_txt, t, r):  # ClipLoss.get_logits with local_loss=True
         rows = slice(r * b_local, (r + 1) * b_local)
@@ -180,6 +182,39 @@ def test_cross_rank_local_losses_average_to_the_global_loss():
         assert_rel_close(got, value_and_grads(lambda i, x, t: openclip_local(i, x, t, r), img, txt, 2.0), 1e-5)
     mean = value_and_grads(lambda i, x, t: sum(local(i, x, t, r) for r in range(world)) / world, img, txt, 2.0)
     assert_rel_close(mean, value_and_grads(clip_loss, img, txt, 2.0), 1e-5)
+
+
+def test_cross_rank_sigmoid_losses_average_to_the_global_loss():
+    """SigLIP across ranks: each rank's image rows against all texts (``all_img`` unused);
+    the mean over ranks is the whole-batch loss, with the same gradients (fp64, 1e-10)."""
+    world, b_local = 3, 5
+    img, txt = embeddings(world * b_local, dtype=torch.float64)
+    bias = torch.tensor(-10.0, dtype=torch.float64)
+
+    def local(all_img, all_txt, t, r):
+        rows = slice(r * b_local, (r + 1) * b_local)
+        return sigmoid_loss(all_img[rows], all_txt[rows], t, bias, all_img=all_img, all_txt=all_txt,
+                            offset=r * b_local)
+
+    mean = value_and_grads(lambda i, x, t: sum(local(i, x, t, r) for r in range(world)) / world, img, txt, 2.3)
+    ref = value_and_grads(lambda i, x, t: sigmoid_loss(i, x, t, bias), img, txt, 2.3)
+    assert_rel_close(mean, ref, 1e-10)
+    with pytest.raises(ValueError, match="bias"):
+        sigmoid_loss(img, txt, torch.tensor(2.3))
+
+
+def test_one_signature_and_the_bias_is_ignored_by_infonce():
+    """The three losses take ``(img, txt, t, b=None, *, all_img, all_txt, offset)``, so
+    ``loss_fn(*model(images, text))`` works for each; the softmax losses ignore ``b``."""
+    names = ["img", "txt", "t", "b", "all_img", "all_txt", "offset"]
+    for fn in (clip_loss, tiled_clip_loss, sigmoid_loss):
+        assert list(inspect.signature(fn).parameters)[:7] == names, fn.__name__
+    img, txt = embeddings(6)
+    t, b = torch.tensor(2.0), torch.tensor(-10.0)
+    for fn in (clip_loss, tiled_clip_loss):
+        assert fn(img, txt, t, b) == fn(img, txt, t)
+    with pytest.raises(ValueError, match="both all_img and all_txt"):
+        clip_loss(img, txt, t, all_txt=txt)
 
 
 def test_tiled_promotes_bf16_and_returns_bf16_gradients():

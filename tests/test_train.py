@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import clipa
+from clipa import checkpoint as ckpt
 from clipa.config import load_config
-from clipa.train import checkpoint as ckpt
 from clipa.train.trainer import NonFiniteLossError, Trainer
 
 TINY = [

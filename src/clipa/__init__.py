@@ -1,7 +1,9 @@
 """clipa: train CLIP models cheaply (CLIPA token reduction, CLIPA-v2 recipes, BASIC big batches)."""
 
+from .checkpoint import create_model
+from .checkpoint import load_model as load_checkpoint
 from .config import RunConfig, load_config
-from .models import CLIP, create_model, get_model_config, list_models
+from .models import CLIP, get_model_config, list_models
 
 __version__ = "0.1.0"
 
@@ -12,6 +14,7 @@ __all__ = [
     "get_model_config",
     "get_tokenizer",
     "list_models",
+    "load_checkpoint",
     "load_config",
 ]
 

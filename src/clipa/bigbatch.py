@@ -20,7 +20,7 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn as nn
 
-LossFn = Callable[..., torch.Tensor]
+from .loss import LossFn
 
 
 def _rng_state(model: nn.Module, device: torch.device) -> dict:
@@ -42,12 +42,6 @@ def _set_rng_state(model: nn.Module, device: torch.device, state: dict) -> None:
         model.visual.generator.set_state(state["visual"])
 
 
-def temperature_params(model: nn.Module) -> list[nn.Parameter]:
-    """The loss's own parameters after the embeddings: ``logit_scale`` (and ``logit_bias``)."""
-    bias = getattr(model, "logit_bias", None)
-    return [model.logit_scale] + ([bias] if bias is not None else [])
-
-
 def forward_backward(
     model: nn.Module,
     images: torch.Tensor,
@@ -57,38 +51,37 @@ def forward_backward(
     no_sync: Callable[[], ContextManager] | None = None,
 ) -> float:
     """One optimizer step's forward and backward: fills ``.grad`` of every parameter and
-    returns the loss. ``loss_fn(img, txt, logit_scale[, logit_bias])`` gets normalised
-    embeddings of the whole batch (``clip_loss``, ``tiled_clip_loss``, ``sigmoid_loss``, or a
-    cross-rank loss that gathers). ``model`` may be a DDP/FSDP wrapper; it is called as
-    ``model(images, tokens)``.
+    returns the loss. The step is ``loss_fn(*model(images, tokens))``: the model returns
+    normalised embeddings, the log-temperature and the bias (or None), and ``loss_fn`` is
+    ``clip_loss``, ``tiled_clip_loss``, ``sigmoid_loss`` or their ``global_loss`` form.
+    ``model`` may be a DDP/FSDP wrapper.
 
     With ``microbatch_size`` smaller than the batch, the step is re-materialised per
     microbatch (see the module docstring). ``no_sync`` is a context factory (DDP's
     ``model.no_sync``) entered around the backward of all but the last microbatch, so
     gradients are reduced once; the temperature's gradient is added in that last backward.
     """
-    core = getattr(model, "module", model)
-    temps = temperature_params(core)
     batch = images.shape[0]
     if microbatch_size is None or microbatch_size >= batch:
-        img, txt, _ = model(images, tokens)
-        loss = loss_fn(img, txt, *temps)
+        loss = loss_fn(*model(images, tokens))
         loss.backward()
         return loss.item()
 
+    core = getattr(model, "module", model)
     chunks = list(zip(images.split(microbatch_size), tokens.split(microbatch_size)))
     states, imgs, txts = [], [], []
     with torch.no_grad():
         for x, t in chunks:
             states.append(_rng_state(core, x.device))
-            img, txt, _ = model(x, t)
+            img, txt, *temps = model(x, t)  # every microbatch returns the same temperature and bias
             imgs.append(img)
             txts.append(txt)
 
     img = torch.cat(imgs).requires_grad_()
     txt = torch.cat(txts).requires_grad_()
+    temps = [None if p is None else p.detach().requires_grad_() for p in temps]
     loss = loss_fn(img, txt, *temps)
-    grads = torch.autograd.grad(loss, [img, txt, *temps])
+    grads = torch.autograd.grad(loss, [img, txt, *(p for p in temps if p is not None)])
     img_grads, txt_grads = grads[0].split(microbatch_size), grads[1].split(microbatch_size)
     del img, txt, imgs, txts
 
@@ -96,9 +89,10 @@ def forward_backward(
     for i, ((x, t), state) in enumerate(zip(chunks, states)):
         _set_rng_state(core, x.device, state)
         with no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext():
-            img, txt, _ = model(x, t)
+            img, txt, *temps = model(x, t)
             surrogate = (img * img_grads[i]).sum() + (txt * txt_grads[i]).sum()
-            if i == last:
-                surrogate = surrogate + sum((p * g).sum() for p, g in zip(temps, grads[2:]))
+            if i == last:  # shared by all microbatches: its whole gradient, once
+                shared = [p for p in temps if p is not None]
+                surrogate = surrogate + sum((p * g).sum() for p, g in zip(shared, grads[2:]))
             surrogate.backward()
     return loss.item()

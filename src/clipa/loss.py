@@ -1,4 +1,17 @@
-"""Contrastive losses: symmetric softmax InfoNCE (CLIP), its linear-memory tiled form, sigmoid (SigLIP).
+"""Contrastive losses: symmetric softmax InfoNCE (CLIP), its linear-memory tiled form, sigmoid
+(SigLIP), and the same losses on a batch spread over processes.
+
+All three take what the model's forward returns, ``loss_fn(*model(images, text))``:
+
+    loss_fn(img, txt, t, b=None, *, all_img=None, all_txt=None, offset=0)
+
+``img``/``txt`` are normalised embeddings (rows are pairs), ``t`` the log-temperature and
+``b`` SigLIP's bias (None without one; the softmax losses have no use for it and ignore it).
+Across ranks each process passes its own rows as ``img``/``txt``, the whole batch gathered
+in rank order as ``all_img``/``all_txt`` and ``offset = rank * B_local``: row i's positive
+is then column ``offset + i``. The symmetric InfoNCE needs both gathered sides (image rows
+against all texts, text rows against all images); the sigmoid loss, a sum over pairs, needs
+only ``all_txt`` and ignores ``all_img``. ``global_loss`` makes that call the same way for all.
 
 The tiled loss (Inf-CL's idea, REFERENCE.md section 4) writes each cross-entropy as
 ``logsumexp(row) - logit(target)``. Its forward pass keeps only the per-row log-sum-exp,
@@ -10,7 +23,10 @@ from __future__ import annotations
 
 import math
 
+from typing import Callable
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -25,32 +41,56 @@ def clamp_logit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
     return torch.where(logit_scale > MAX_LOGIT_SCALE, MAX_LOGIT_SCALE, logit_scale)
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def _global_sides(all_img: torch.Tensor | None, all_txt: torch.Tensor | None, offset: int) -> bool:
+    """Whether the InfoNCE call is across ranks (both gathered sides given); checks the pairing."""
+    if all_img is None and all_txt is None:
+        if offset:
+            raise ValueError("offset needs the global all_img and all_txt")
+        return False
+    if all_img is None or all_txt is None:
+        raise ValueError("pass both all_img and all_txt, or neither")
+    return True
+
+
+def clip_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    t: torch.Tensor,
+    b: torch.Tensor | None = None,
+    *,
+    all_img: torch.Tensor | None = None,
+    all_txt: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """Mean of image->text and text->image cross-entropy over ``exp(t) * img @ txt.T``.
 
-    ``logit_scale`` is the log-temperature t; it is clamped at ln 100 as in CLIP.
+    t is clamped at ln 100 as in CLIP; ``b`` is ignored. Across ranks (see the module
+    docstring) the result is OpenCLIP's local loss, whose mean over ranks is the global loss.
     """
-    scale = clamp_logit_scale(logit_scale).exp()
-    logits = scale * img @ txt.T
-    labels = torch.arange(img.shape[0], device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    scale = clamp_logit_scale(t).exp()
+    labels = torch.arange(img.shape[0], device=img.device) + offset
+    if not _global_sides(all_img, all_txt, offset):  # one matrix serves both directions
+        logits = scale * img @ txt.T
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return (F.cross_entropy(scale * img @ all_txt.T, labels) + F.cross_entropy(scale * txt @ all_img.T, labels)) / 2
 
 
 def sigmoid_loss(
     img: torch.Tensor,
     txt: torch.Tensor,
-    logit_scale: torch.Tensor,
-    logit_bias: torch.Tensor,
+    t: torch.Tensor,
+    b: torch.Tensor | None = None,
     *,
+    all_img: torch.Tensor | None = None,
     all_txt: torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """SigLIP: every pair is a binary problem; positives on the diagonal. Normalised by B.
-
-    Across ranks pass the gathered ``all_txt`` and ``offset = rank * B_local``: row i's positive
-    is then column ``offset + i``.
-    """
-    logits = logit_scale.exp() * img @ (txt if all_txt is None else all_txt).T + logit_bias
+    """SigLIP: every pair is a binary problem over ``exp(t) * img @ txt.T + b``; positives on
+    the diagonal. Normalised by B. Across ranks this rank's image rows against ``all_txt``
+    are its whole share of the pairs (``all_img`` is not needed)."""
+    if b is None:
+        raise ValueError("sigmoid_loss needs the bias b (the model's logit_bias)")
+    logits = t.exp() * img @ (txt if all_txt is None else all_txt).T + b
     signs = -torch.ones_like(logits)
     rows = torch.arange(img.shape[0], device=img.device)
     signs[rows, rows + offset] = 1
@@ -158,27 +198,79 @@ def tiled_cross_entropy(
 def tiled_clip_loss(
     img: torch.Tensor,
     txt: torch.Tensor,
-    logit_scale: torch.Tensor,
-    tile: int | None = None,
+    t: torch.Tensor,
+    b: torch.Tensor | None = None,
     *,
     all_img: torch.Tensor | None = None,
     all_txt: torch.Tensor | None = None,
     offset: int = 0,
+    tile: int | None = None,
 ) -> torch.Tensor:
-    """``clip_loss`` in linear memory, with the same value and gradients.
+    """``clip_loss`` in linear memory, with the same value and gradients (``b`` is ignored).
 
-    ``tile`` is the number of columns per block (default: blocks of about 2^24 logits).
-    Across ranks pass the gathered ``all_img``/``all_txt`` and ``offset = rank * B_local``:
-    the result is OpenCLIP's local loss, whose mean over ranks equals the global loss.
+    ``tile`` is the number of columns per block (default: blocks of about 2^24 logits);
+    bind it with ``functools.partial`` to keep the common signature.
     """
-    if all_img is None and all_txt is None:
-        if offset:
-            raise ValueError("offset needs the global all_img and all_txt")
-        t = clamp_logit_scale(logit_scale)
+    if not _global_sides(all_img, all_txt, offset):
+        t = clamp_logit_scale(t)
         return _TiledInfoNCE.apply(_fp(img), _fp(txt), t, 0, tile, True) / (2 * img.shape[0])
-    if all_img is None or all_txt is None:
-        raise ValueError("pass both all_img and all_txt, or neither")
     return (
-        tiled_cross_entropy(img, all_txt, logit_scale, offset, tile)
-        + tiled_cross_entropy(txt, all_img, logit_scale, offset, tile)
+        tiled_cross_entropy(img, all_txt, t, offset, tile)
+        + tiled_cross_entropy(txt, all_img, t, offset, tile)
     ) / 2
+
+
+# ----------------------------------------------------------------------------- across ranks
+
+
+# torch 2.14 renamed these; the old names remain for torch >= 2.6
+_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows in rank order; the backward sums every rank's gradient for this
+    rank's rows (each rank's loss depends on all rows) and keeps this rank's block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+        _all_gather(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
+        _reduce_scatter(out, grad.contiguous())
+        return out
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` from every rank, concatenated in rank order: (B_local, ...) -> (world * B_local, ...)."""
+    return _GatherWithGrad.apply(x)
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def global_loss(loss_fn: LossFn, rank: int, world_size: int) -> LossFn:
+    """``loss_fn`` (any of the three, or a partial of one) on the global batch when each of
+    ``world_size`` ranks holds ``B_local`` rows; the identity in one process.
+
+    Each rank gathers all embeddings with gradient and takes its own rows against every
+    column, targets offset by ``rank * B_local``. Gradient averaging (DDP / FSDP) of these
+    local losses gives exactly the global loss's gradient. The value returned is the global
+    loss (the mean over ranks, added without gradient), so every rank logs the same number
+    and agrees on skipping a non-finite step.
+    """
+    if world_size == 1:
+        return loss_fn
+
+    def across(img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        loss = loss_fn(img, txt, t, b, all_img=gather_with_grad(img), all_txt=gather_with_grad(txt),
+                       offset=rank * img.shape[0])
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        return loss + (mean / world_size - loss.detach())
+
+    return across

@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
-from ..eval.datasets import IMAGENET_VARIANTS, eval_transform, imagenet_set
-from ..eval.runner import TASKS, default_task, evaluate_set, format_table, open_data, result_record, write_result
+from ..checkpoint import load_model
+from ..data.eval_sets import IMAGENET_VARIANTS, imagenet_set, open_data
+from ..data.transforms import build_eval_transform
+from ..distributed import resolve_device
+from ..eval.runner import TASKS, default_task, evaluate_set, format_table, result_record, write_result
 from ..tokenizer import tokenizer_for
 from ..train.evaluate import evaluate_during_training
-from .checkpoint_arg import load_model_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def default_evaluation(model: Any, run_cfg: Any, device: str) -> tuple[str, str,
     for a digits run, else its ``eval.data``)."""
     if run_cfg is None:
         raise ValueError("nothing to evaluate: give --data DIR or an ImageNet folder (e.g. --imagenet-val DIR)")
-    metrics = evaluate_during_training(model, run_cfg, torch.device(device))
+    metrics = evaluate_during_training(model, run_cfg, device)
     if not metrics:
         raise ValueError("this run has no built-in evaluation (not trained on digits, no eval.data): "
                          "give --data DIR or an ImageNet folder")
@@ -71,17 +73,12 @@ def output_path(template: str, dataset: str, task: str, several: bool) -> Path:
     return path.with_name(f"{path.stem}_{dataset}_{task}{path.suffix or '.json'}") if several else path
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, model_name, run_cfg = load_model_arg(args.checkpoint, args.model)
+    model, run_cfg = load_model(args.checkpoint, args.model)  # in eval mode
+    model_name = args.model or run_cfg.model
     model.to(device)
     tokenizer = tokenizer_for(model)
     size = model.visual.cfg.image_size
@@ -89,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
     sets = [(d, open_data(d, size, args.split, args.classnames, args.templates, args.max_samples)) for d in args.data]
-    sets += [(None, imagenet_set(v, getattr(args, v.replace("-", "_")), eval_transform(size), args.max_samples))
+    sets += [(None, imagenet_set(v, getattr(args, v.replace("-", "_")), build_eval_transform(size), args.max_samples))
              for v in IMAGENET_VARIANTS if getattr(args, v.replace("-", "_"))]
     results = []
     if not sets:

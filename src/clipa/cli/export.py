@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..export import FORMATS, export
-from .checkpoint_arg import load_model_arg
+from ..checkpoint import load_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    model, _, _ = load_model_arg(args.checkpoint, args.model)
+    model, _ = load_model(args.checkpoint, args.model)
     out = export(model, args.output, args.format)
     how = (f'open_clip.create_model_and_transforms("local-dir:{out}")' if args.format == "openclip"
            else f'transformers.CLIPModel.from_pretrained("{out}")')

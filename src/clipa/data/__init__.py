@@ -1,7 +1,9 @@
-"""Training data: webdataset shards, CSV/TSV and image folders; robust to bad samples; exactly resumable.
+"""Data: webdataset shards, CSV/TSV and image folders; robust to bad samples; exactly resumable.
 
 ``build_train_loader`` is the entry point the trainer uses (the built-in ``digits`` data is
-served by :mod:`clipa.data.digits`); ``clipa data convert | inspect`` live in :mod:`.tools`.
+served by :mod:`clipa.data.digits`); ``open_data`` opens an evaluation set (:mod:`.eval_sets`),
+read by the same shard reader and sample decoding; ``clipa data convert | inspect`` live in
+:mod:`.tools`.
 Names are imported on first use, so the command line starts without torchvision.
 """
 
@@ -18,6 +20,8 @@ _EXPORTS = {
     "TrainLoader": "loader",
     "build_train_loader": "loader",
     "EmptySourceError": "stream",
+    "EvalSet": "eval_sets",
+    "open_data": "eval_sets",
     "REASONS": "samples",
     "build_eval_transform": "transforms",
     "build_train_transform": "transforms",

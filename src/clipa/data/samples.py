@@ -1,4 +1,4 @@
-"""One raw sample (a dict of file payloads) -> key, caption and RGB image, or the reason it is bad.
+"""One raw sample (a dict of file payloads) -> image and caption(s) or class label, or the reason it is bad.
 
 Every way a sample can be unusable has a name in :data:`REASONS`; the loader counts
 skipped samples by these names so that bad data never passes silently.
@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from PIL import Image
 
+log = logging.getLogger("clipa.data")
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+LOG_FIRST = 5  # skipped samples logged in full per reason (and loader worker); the rest are only counted
 
 REASONS = {
     "missing_image": "no .jpg/.jpeg/.png/.webp member (or a table row whose image file is absent)",
@@ -22,9 +26,11 @@ REASONS = {
     "corrupt_image": "truncated or undecodable image",
     "decompression_bomb": "more pixels than data.max_image_pixels",
     "missing_caption": "no .txt caption and no .json 'captions' list",
+    "missing_label": "no .cls class index (classification evaluation sets)",
     "empty_caption": "caption empty or only whitespace",
-    "bad_text": "caption or .json not valid UTF-8 (or .json not valid JSON)",
-    "corrupt_shard": "truncated or corrupt tar; the rest of that shard is skipped",
+    "bad_text": "caption, .json or .cls not valid UTF-8 (or .json not valid JSON, .cls not an integer)",
+    "corrupt_shard": "a sample lost to a corrupt tar header (reading resumes at the next valid header), "
+                     "or a truncated tar (the rest of that shard)",
     "unreadable_shard": "shard could not be opened or read (missing file, failing pipe: command)",
 }
 
@@ -32,6 +38,14 @@ REASONS = {
 def describe(counts: dict[str, int]) -> str:
     """``{"bad_text": 2, ...}`` -> ``"bad_text=2, ..."`` (sorted), or ``"nothing"``."""
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v) or "nothing"
+
+
+def count_skip(counts: dict[str, int], reason: str, where: str) -> None:
+    """Count a skipped sample under its reason; the first few of each reason are logged in full."""
+    n = counts[reason] = counts.get(reason, 0) + 1
+    if n <= LOG_FIRST:
+        more = " (further ones counted, not logged)" if n == LOG_FIRST else ""
+        log.warning("skipped %s: %s%s", reason, where, more)
 
 
 class BadSample(Exception):
@@ -45,6 +59,7 @@ class DecodeOptions:
     caption_choice: str = "random"  # "random" | "first" among a .json's captions
     max_image_pixels: int = 89_478_485  # PIL's default; PIL itself refuses twice its Image.MAX_IMAGE_PIXELS
     draft_size: int | None = None  # decode JPEGs at a reduced scale whose short side stays >= this
+    mode: str | None = "RGB"  # None: the image as stored (OpenCLIP's evaluation converts after cropping)
 
 
 def _text(data: bytes) -> str:
@@ -54,8 +69,9 @@ def _text(data: bytes) -> str:
         raise BadSample("bad_text", str(e)) from None
 
 
-def captions_of(raw: dict) -> list[str]:
-    """All captions of a sample: the .json 'captions' list when there is one, else the .txt."""
+def captions_of(raw: dict, lines: bool = False) -> list[str]:
+    """All captions of a sample: the .json 'captions' list when there is one, else the .txt,
+    as one caption or, with ``lines``, one per line (CLIP_benchmark's retrieval layout)."""
     if isinstance(raw.get("captions"), list):  # table sources (CSV, folders) give strings
         found = raw["captions"]
     else:
@@ -69,7 +85,8 @@ def captions_of(raw: dict) -> list[str]:
             if isinstance(listed, list):
                 found = [c for c in listed if isinstance(c, str)]
         if not found and "txt" in raw:
-            found = [_text(raw["txt"])]
+            text = _text(raw["txt"])
+            found = text.splitlines() if lines else [text]
     if not found:
         raise BadSample("missing_caption")
     for caption in found:
@@ -83,13 +100,24 @@ def captions_of(raw: dict) -> list[str]:
     return found
 
 
+def label_of(raw: dict) -> int:
+    """The class index in a sample's ``.cls`` (CLIP_benchmark's classification layout)."""
+    if "cls" not in raw:
+        raise BadSample("missing_label")
+    try:
+        return int(_text(raw["cls"]).strip())
+    except ValueError as e:
+        raise BadSample("bad_text", f".cls: {e}") from None
+
+
 def pick_caption(captions: list[str], choice: str, seed: int) -> str:
     return captions[0] if choice == "first" else captions[(seed >> 11) % len(captions)]
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None, mode: str | None = "RGB",
                  before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
-    """Bytes -> loaded RGB image; the size guard runs on the header, before any pixel is decoded.
+    """Bytes -> loaded image in ``mode`` (None: as stored); the size guard runs on the header,
+    before any pixel is decoded.
 
     ``before_load`` sees the opened, not yet decoded image (size and format known) and may
     call ``draft`` on it instead of the fixed ``draft_size`` (see :mod:`clipa.data.decode`)."""
@@ -107,7 +135,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
             elif draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")  # convert would copy
+            return image if mode in (None, image.mode) else image.convert(mode)  # convert would copy
     except BadSample:
         raise
     except Image.DecompressionBombError as e:
@@ -116,10 +144,14 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
         raise BadSample("corrupt_image", f"{type(e).__name__}: {e}") from None
 
 
-def decode_sample(raw: dict, options: DecodeOptions) -> tuple[list[str], Image.Image]:
-    """(captions, RGB image) of a raw sample, or BadSample; captions are checked first (cheap)."""
+def decode_sample(raw: dict, options: DecodeOptions,
+                  target: Callable[[dict], Any] = captions_of) -> tuple[Any, Image.Image]:
+    """(target, image) of a raw sample, or BadSample; the target (by default the captions;
+    :func:`label_of` for classification) is checked first, as it is cheap."""
+    if "__damaged__" in raw:
+        raise BadSample("corrupt_shard", raw["__damaged__"])
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise BadSample("missing_image")
-    captions = captions_of(raw)
-    return captions, decode_image(raw[ext], options.max_image_pixels, options.draft_size)
+    found = target(raw)
+    return found, decode_image(raw[ext], options.max_image_pixels, options.draft_size, options.mode)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import logging
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -25,15 +24,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from .samples import BadSample, DecodeOptions, decode_sample, describe, pick_caption
+from .samples import BadSample, DecodeOptions, count_skip, decode_sample, describe, pick_caption
 from .sources import Source
 from .tar import ShardError
 
-log = logging.getLogger("clipa.data")
-
 _MASK = (1 << 64) - 1
 _SHUFFLE, _SAMPLE, _RESAMPLE, _PERMUTE = 1, 2, 3, 4  # salts: independent random streams
-_LOG_FIRST = 5  # bad samples logged in full per reason and worker; the rest are only counted
 
 
 def mix(*values: int) -> int:
@@ -141,11 +137,7 @@ class WorkerStream:
         return json.dumps(vars(self.pos))
 
     def _skip(self, reason: str, where: str, detail: str = "") -> None:
-        n = self.pos.stats.get(reason, 0) + 1
-        self.pos.stats[reason] = n
-        if n <= _LOG_FIRST:
-            more = " (further ones counted, not logged)" if n == _LOG_FIRST else ""
-            log.warning("skipped %s: %s %s%s", reason, where, detail, more)
+        count_skip(self.pos.stats, reason, f"{where} {detail}")
 
     def _restore_buffer(self) -> None:
         """Re-read the samples a saved shuffle buffer held (a few shards at most)."""

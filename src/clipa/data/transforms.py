@@ -1,7 +1,8 @@
 """Image transforms (torchvision.transforms.v2): CLIPA's training crop and the evaluation resize.
 
 ``build_train_transform`` / ``build_eval_transform`` take a PIL image (or an image tensor)
-and give a float tensor normalised with CLIP's mean and std. The loader runs the same
+and give a float tensor normalised with CLIP's mean and std; ``build_eval_transform`` is the
+one evaluation transform (every evaluation set uses it), OpenCLIP's to the pixel. The loader runs the same
 pixel operations on uint8 tensors per sample (:func:`train_pixels`, :func:`eval_pixels`;
 torch's bicubic resampling is faster than PIL's and differs from it by a grey level or two),
 passes uint8 batches between processes (a quarter of the bytes) and normalises whole
@@ -54,8 +55,18 @@ def build_train_transform(image_size: int, data_cfg: DataConfig) -> v2.Compose:
 
 
 def build_eval_transform(image_size: int) -> v2.Compose:
-    """PIL image -> resized, centre-cropped, normalised ``[3, S, S]`` float tensor."""
-    return _full(eval_pixels(image_size))
+    """PIL image (any mode) -> resized, centre-cropped, normalised ``[3, S, S]`` float tensor:
+    OpenCLIP's ``image_transform(size, is_train=False)``. As there, the image is converted to
+    RGB after cropping, so palette images are resized as PIL resizes them (nearest) and RGBA
+    ones with their alpha (premultiplied), exactly as an OpenCLIP evaluation sees them."""
+    return v2.Compose([eval_pixels(image_size), v2.RGB(), v2.PILToTensor(), v2.Lambda(_unit_float),
+                       v2.Normalize(CLIP_MEAN, CLIP_STD)])
+
+
+def _unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [0, 1] float by dividing by 255, as torchvision's ToTensor (ToDtype multiplies by
+    1/255, which differs in the last bit)."""
+    return image.float().div(255)
 
 
 _SHIFT = 255 * torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)

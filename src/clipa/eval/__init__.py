@@ -2,7 +2,7 @@
 
 from .linear_probe import linear_probe
 from .retrieval import evaluate_retrieval, retrieval_metrics
-from .runner import evaluate_set, open_data, run_evals
+from .runner import evaluate_set, run_evals
 from .zeroshot import build_classifier, classification_metrics, evaluate_classification
 
 __all__ = [
@@ -12,7 +12,6 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_set",
     "linear_probe",
-    "open_data",
     "retrieval_metrics",
     "run_evals",
 ]

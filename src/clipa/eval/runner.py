@@ -1,20 +1,23 @@
-"""Run one evaluation task on one data set, and format the results as CLIP_benchmark does."""
+"""Run one evaluation task on one data set, and format the results as CLIP_benchmark does,
+with how many samples were scored and how many skipped (by reason)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .datasets import EvalSet, caption_shards_set, clip_benchmark_set, eval_transform, image_folder_set, loader
-from .datasets import num_batches
+from ..data.eval_sets import EvalSet, Tally, batches, num_batches, open_data
 from .features import encode_images
 from .linear_probe import holdout_split, linear_probe
 from .retrieval import evaluate_retrieval
 from .zeroshot import build_classifier, evaluate_classification
+
+log = logging.getLogger("clipa.eval")
 
 TASKS = ("zeroshot", "retrieval", "linear-probe")
 # CLIP_benchmark's task names in its result files.
@@ -22,32 +25,21 @@ BENCHMARK_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_
                   "linear-probe": "linear_probe"}
 
 
-def open_data(data: str | Path, image_size: int, split: str = "test", classnames: str | None = None,
-              templates: str | None = None, max_samples: int | None = None) -> EvalSet:
-    """Find out what ``data`` is: a CLIP_benchmark folder (``split/*.tar`` + ``classnames.txt``
-    or ``dataset_type.txt``), retrieval shards (a ``.tar``, a brace pattern, a folder of shards)
-    or an image folder (class sub-folders; needs ``classnames``)."""
-    transform = eval_transform(image_size)
-    path = Path(data)
-    if path.is_dir():
-        if (path / split).is_dir() and any((path / split).glob("*.tar")):
-            return clip_benchmark_set(path, split, transform, max_samples)
-        if any(path.glob("*.tar")):
-            return caption_shards_set(path, transform, max_samples)
-        if classnames is None:
-            raise FileNotFoundError(f"{path} looks like an image folder; give its class names with --classnames FILE")
-        return image_folder_set(path, classnames, templates, transform, max_samples)
-    return caption_shards_set(data, transform, max_samples)
-
-
 def default_task(evalset: EvalSet) -> str:
     return "retrieval" if evalset.kind == "retrieval" else "zeroshot"
 
 
-def _features(model, evalset: EvalSet, device, batch_size: int, workers: int, show: bool, amp: bool):
-    feats, labels = encode_images(model, loader(evalset, batch_size, workers), device, amp, show,
+def _features(model, evalset: EvalSet, tally: Tally, device, batch_size: int, workers: int, show: bool,
+              amp: bool):
+    feats, labels = encode_images(model, batches(evalset, batch_size, workers, tally), device, amp, show,
                                   f"{evalset.name} features", num_batches(evalset, batch_size))
     return feats, torch.cat([torch.as_tensor(y) for y in labels])
+
+
+def _report(name: str, tally: Tally) -> None:
+    """A damaged set never shortens an evaluation silently: say what was skipped."""
+    if tally.skipped:
+        log.warning("%s: %s", name, tally)
 
 
 def evaluate_set(
@@ -64,8 +56,10 @@ def evaluate_set(
     train_set: EvalSet | None = None,
     probe_train_fraction: float = 0.5,
     seed: int = 0,
-) -> dict[str, float]:
-    """Metrics of ``task`` on ``evalset``, under CLIP_benchmark's metric names."""
+) -> dict[str, Any]:
+    """Metrics of ``task`` on ``evalset``, under CLIP_benchmark's metric names, and under
+    ``"samples"`` how many were scored and skipped (``{"scored": n, "skipped": {reason: n}}``);
+    :func:`result_record` moves that entry beside the metrics."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     want = "retrieval" if task == "retrieval" else "classification"
@@ -73,24 +67,35 @@ def evaluate_set(
         raise ValueError(f"{evalset.name} is a {evalset.kind} data set; task {task!r} needs {want} data")
     was_training = model.training
     model.eval()
+    tally = Tally()
     try:
-        if task == "zeroshot":
-            clf = build_classifier(model, tokenizer, evalset.classnames, evalset.templates, device,
-                                   batch_size, amp, show_progress)
-            return evaluate_classification(model, clf, loader(evalset, batch_size, workers), device, amp,
-                                           show_progress, num_batches(evalset, batch_size))
-        if task == "retrieval":
-            return evaluate_retrieval(model, tokenizer, loader(evalset, batch_size, workers), device, recall_k,
-                                      batch_size, amp, show_progress, num_batches(evalset, batch_size))
-        x, y = _features(model, evalset, device, batch_size, workers, show_progress, amp)
-        if train_set is not None:
-            tx, ty = _features(model, train_set, device, batch_size, workers, show_progress, amp)
-        else:  # no training split: a stratified hold-out of the evaluation set
-            tr, te = holdout_split(y, probe_train_fraction, seed)
-            tx, ty, x, y = x[tr], y[tr], x[te], y[te]
-        return linear_probe(tx, ty, x, y, num_classes=len(evalset.classnames or []) or None, seed=seed)
+        metrics = _evaluate(model, tokenizer, evalset, task, tally, device, batch_size, workers, show_progress,
+                            amp, recall_k, train_set, probe_train_fraction, seed)
     finally:
         model.train(was_training)
+    _report(evalset.name, tally)
+    return {**metrics, "samples": tally.record()}
+
+
+def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, device, batch_size: int, workers: int,
+              show: bool, amp: bool, recall_k: Sequence[int], train_set: EvalSet | None, probe_train_fraction: float,
+              seed: int) -> dict[str, float]:
+    if task == "zeroshot":
+        clf = build_classifier(model, tokenizer, evalset.classnames, evalset.templates, device, batch_size, amp, show)
+        return evaluate_classification(model, clf, batches(evalset, batch_size, workers, tally), device, amp,
+                                       show, num_batches(evalset, batch_size))
+    if task == "retrieval":
+        return evaluate_retrieval(model, tokenizer, batches(evalset, batch_size, workers, tally), device, recall_k,
+                                  batch_size, amp, show, num_batches(evalset, batch_size))
+    x, y = _features(model, evalset, tally, device, batch_size, workers, show, amp)
+    if train_set is not None:
+        train_tally = Tally()
+        tx, ty = _features(model, train_set, train_tally, device, batch_size, workers, show, amp)
+        _report(train_set.name + " (linear-probe training split)", train_tally)
+    else:  # no training split: a stratified hold-out of the evaluation set
+        tr, te = holdout_split(y, probe_train_fraction, seed)
+        tx, ty, x, y = x[tr], y[tr], x[te], y[te]
+    return linear_probe(tx, ty, x, y, num_classes=len(evalset.classnames or []) or None, seed=seed)
 
 
 def run_evals(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], eval_cfg: Any,
@@ -100,11 +105,15 @@ def run_evals(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], eval_c
     return evaluate_set(model, tokenizer, evalset, default_task(evalset), device, eval_cfg.batch_size)
 
 
-def result_record(dataset: str, task: str, metrics: dict[str, float], model: str, pretrained: str) -> dict:
-    """One result file's content, in CLIP_benchmark's layout (NaN written as null)."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": BENCHMARK_TASK[task],
-            "metrics": clean, "language": "en"}
+def result_record(dataset: str, task: str, metrics: dict[str, Any], model: str, pretrained: str) -> dict:
+    """One result file's content, in CLIP_benchmark's layout (NaN written as null), plus
+    ``"samples"`` (scored and skipped, from :func:`evaluate_set`) when the metrics carry it."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items() if k != "samples"}
+    record = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": BENCHMARK_TASK[task],
+              "metrics": clean, "language": "en"}
+    if "samples" in metrics:
+        record["samples"] = metrics["samples"]
+    return record
 
 
 def write_result(path: str | Path, record: dict) -> Path:

@@ -1,6 +1,6 @@
 """Model towers, the CLIP wrapper and the name registry."""
 
 from .clip import CLIP
-from .registry import create_model, get_model_config, list_models, load_state_dict
+from .registry import adapt_state_dict, create_model, get_model_config, list_models, load_weights
 
-__all__ = ["CLIP", "create_model", "get_model_config", "list_models", "load_state_dict"]
+__all__ = ["CLIP", "adapt_state_dict", "create_model", "get_model_config", "list_models", "load_weights"]

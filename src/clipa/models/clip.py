@@ -37,9 +37,15 @@ class CLIP(TextTower):
 
     def forward(
         self, images: torch.Tensor, text: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised image and text embeddings and ``exp(logit_scale)``, as OpenCLIP (not clamped
-        here: the InfoNCE losses cap the scale at 100 and the trainer clamps the parameter after each step)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What the losses take, so a step is ``loss_fn(*model(images, text))``: normalised
+        image and text embeddings, the log-temperature t (unclamped: the InfoNCE losses cap
+        exp(t) at 100 and the trainer clamps the parameter after each step) and SigLIP's
+        bias (None without one). OpenCLIP returns exp(t) instead; ``encode_image`` and
+        ``encode_text`` are OpenCLIP's."""
         img = self.encode_image(images, normalize=True)
         txt = self.encode_text(text, normalize=True)
-        return img, txt, self.logit_scale.exp()
+        # Copies, not the parameters: FSDP2 hooks every output that needs a gradient, and a
+        # hook put on a parameter would stay there (one more each step).
+        bias = None if self.logit_bias is None else self.logit_bias.clone()
+        return img, txt, self.logit_scale.clone(), bias

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -92,27 +91,6 @@ def get_model_config(name: str, **overrides: Any) -> ModelConfig:
     return cfg
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read weights safely: safetensors, or torch files with ``weights_only=True``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
 def adapt_state_dict(sd: dict[str, torch.Tensor], model: CLIP) -> dict[str, torch.Tensor]:
     """Resize position tables to the model's grid and context (bicubic / linear)."""
     sd = dict(sd)
@@ -129,10 +107,18 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: CLIP) -> dict[str, torc
     return sd
 
 
-def create_model(name: str, pretrained: str | Path | None = None, **overrides: Any) -> CLIP:
-    """Build a registered model; ``pretrained`` is an OpenCLIP or clipa weights file."""
-    model = CLIP(get_model_config(name, **overrides))
-    if pretrained is not None:
-        sd = adapt_state_dict(load_state_dict(pretrained), model)
-        model.load_state_dict(sd, strict=True)
-    return model
+def load_weights(model: CLIP, sd: dict[str, torch.Tensor]) -> None:
+    """Move a model to the image grid and text length the weights were saved at, then load
+    them (strict): the converse of ``adapt_state_dict``, for a model's own trained weights."""
+    g = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
+    size = g * model.visual.cfg.patch_size
+    if size != model.visual.cfg.image_size:
+        model.visual.set_image_size(size)
+    if sd["positional_embedding"].shape[0] != model.context_length:
+        model.set_context_length(sd["positional_embedding"].shape[0])
+    model.load_state_dict(sd, strict=True)
+
+
+def create_model(name: str, **overrides: Any) -> CLIP:
+    """Build a registered model with fresh weights (``clipa.create_model`` adds ``pretrained``)."""
+    return CLIP(get_model_config(name, **overrides))

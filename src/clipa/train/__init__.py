@@ -1,1 +1,1 @@
-"""Training: the stage loop, optimizer and schedule, atomic resumable checkpoints."""
+"""Training: the stage loop, optimizer and schedule (checkpoints are ``clipa.checkpoint``)."""

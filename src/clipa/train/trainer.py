@@ -2,7 +2,8 @@
 
 The loop knows nothing of which paper an option came from: a stage sets the image size,
 image and text token reduction and the schedule; the step function (``bigbatch``) does
-plain or re-materialised big-batch steps; ``parallel`` decides how the model is wrapped.
+plain or re-materialised big-batch steps; ``distributed`` decides how the model is wrapped;
+``checkpoint`` what is saved and where a resume starts.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from typing import Callable, Iterator
 
 import torch
 
-from .. import parallel
+from .. import checkpoint, distributed
 from ..bigbatch import forward_backward
 from ..config import ConfigError, RunConfig, StageConfig, to_dict
-from ..loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
-from ..models import CLIP, create_model
+from ..loss import MAX_LOGIT_SCALE, clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
+from ..models import CLIP, load_weights
 from ..reduction.image import stage_image_size
 from ..tokenizer import tokenizer_for
-from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_at, set_lr
 
 
@@ -36,14 +36,6 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def stage_steps(stage: StageConfig) -> int:
     return max(1, math.ceil(stage.samples / stage.batch_size))
 
@@ -51,8 +43,8 @@ def stage_steps(stage: StageConfig) -> int:
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.dist = parallel.init_distributed(cfg.train.device)
-        self.device = self.dist.device if self.dist.world_size > 1 else resolve_device(cfg.train.device)
+        self.dist = distributed.init_distributed(cfg.train.device)
+        self.device = self.dist.device
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
@@ -62,10 +54,13 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.model: CLIP = create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
+        self.model: CLIP = checkpoint.create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
         if cfg.train.loss == "siglip" and self.model.logit_bias is None:
             raise ConfigError("train.loss=siglip needs a logit bias: set model_overrides.init_logit_bias "
                               "(SigLIP uses -10) and model_overrides.init_logit_scale (ln 10)")
+        if cfg.train.loss != "siglip" and self.model.logit_bias is not None:  # it would never be trained
+            raise ConfigError(f"train.loss={cfg.train.loss} has no use for a logit bias: "
+                              "drop model_overrides.init_logit_bias or use train.loss=siglip")
         self.model.to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
         self.model.visual.generator = self.generator
@@ -110,7 +105,7 @@ class Trainer:
         image_size = self.model.visual.cfg.image_size
         tokenize = self._tokenize_fn(stage)
         seed = self.cfg.train.seed + 1000 * self.stage_index
-        batch_size = parallel.local_batch_size(stage.batch_size, self.dist)
+        batch_size = distributed.local_batch_size(stage.batch_size, self.dist)
         if self.cfg.data.source == "digits":
             from ..data.digits import DigitsLoader
 
@@ -127,10 +122,10 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         """Run every stage (resuming where a checkpoint says); return the evaluation results."""
-        resume = self._find_resume()
+        resume = checkpoint.resume_from(self.cfg.train.resume, self.ckpt_dir)
         start_stage, start_step, loader_state, restored = 0, 0, None, None
         if resume is not None:
-            restored = parallel.read_checkpoint(resume, self.dist)
+            restored = checkpoint.read_checkpoint(resume, self.dist)
             st = restored["state"]
             start_stage, start_step, loader_state = st["stage"], st["stage_step"], st.get("loader")
             self.results = st.get("results", [])
@@ -148,33 +143,22 @@ class Trainer:
             self.writer.close()
         return self.results
 
-    def _find_resume(self) -> Path | None:
-        r = self.cfg.train.resume
-        if r is None:
-            return None
-        if r == "latest":
-            return ckpt.latest_checkpoint(self.ckpt_dir)
-        path = Path(r)
-        if not (path / "state.json").exists():
-            raise FileNotFoundError(f"train.resume={r}: no checkpoint there")
-        return path
-
     def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
         stage = self.cfg.stages[index]
         self.stage_index = index
         if restored is not None:  # weights at the sizes they were saved at, then this stage's
-            ckpt.load_weights(self.model, restored["model"])
+            load_weights(self.model, restored["model"])
         self._apply_stage_shapes(stage)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
         mid_stage = restored is not None and not restored["state"].get("stage_done")
         self.model.visual.reduction = stage.image_reduction
-        self.wrapped = parallel.wrap_model(self.model, self.cfg.train, self.dist)
+        self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
         if mid_stage:
-            parallel.load_optimizer(restored, self.wrapped, optimizer, self.dist)
+            checkpoint.load_optimizer(restored, self.wrapped, optimizer, self.dist)
         if mid_stage and "rng" in restored:
-            ckpt.set_rng_state(restored["rng"], self.generator)
+            checkpoint.set_rng_state(restored["rng"], self.generator)
         loss_fn = self._loss_fn(stage)
         total = stage_steps(stage)
         loader = self._loader(stage, loader_state)
@@ -197,7 +181,7 @@ class Trainer:
             with self.autocast():
                 loss = forward_backward(
                     self.wrapped, images, text, loss_fn, microbatch_size=self.cfg.train.microbatch_size,
-                    no_sync=parallel.no_sync_factory(self.wrapped, self.dist),
+                    no_sync=distributed.no_sync_factory(self.wrapped, self.dist),
                 )
             if not math.isfinite(loss):
                 self._skip_step(step)
@@ -205,7 +189,7 @@ class Trainer:
             else:
                 self.bad_steps = 0
                 if self.cfg.optim.grad_clip:
-                    parallel.clip_grad_norm(self.wrapped, self.cfg.optim.grad_clip)
+                    distributed.clip_grad_norm(self.wrapped, self.cfg.optim.grad_clip)
                 optimizer.step()
                 with torch.no_grad():
                     self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
@@ -220,7 +204,7 @@ class Trainer:
                 self._evaluate(index, step + 1)
         if progress is not None:
             progress.close()
-        self.model = parallel.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
+        self.model = distributed.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
         self.model.visual.reduction = None
         self._evaluate(index, total)
         self._save(index, total, optimizer, loader, stage_done=True)
@@ -228,7 +212,7 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
 
     def _loss_fn(self, stage: StageConfig) -> Callable:
-        """(img, txt, logit_scale[, logit_bias]) -> loss over the global batch; the tiled
+        """(img, txt, t, b) -> loss over the global batch; the tiled
         (linear-memory) InfoNCE from ``TILED_LOSS_FROM`` samples on, unless configured."""
         mode = self.cfg.train.tiled_loss
         tiled = mode == "on" or (mode == "auto" and stage.batch_size >= TILED_LOSS_FROM)
@@ -236,7 +220,7 @@ class Trainer:
             fn = sigmoid_loss
         else:
             fn = tiled_clip_loss if tiled else clip_loss
-        return parallel.loss_across_ranks(fn, self.dist)
+        return global_loss(fn, self.dist.rank, self.dist.world_size)
 
     def _skip_step(self, step: int) -> None:
         self.bad_steps += 1
@@ -285,7 +269,7 @@ class Trainer:
     def _evaluate(self, index: int, step: int) -> None:
         from .evaluate import evaluate_during_training
 
-        model = parallel.full_model(self.wrapped, self.model, self.dist)
+        model = distributed.full_model(self.wrapped, self.model, self.dist)
         if not self.dist.is_main:
             return
         metrics = evaluate_during_training(model, self.cfg, self.device)
@@ -314,9 +298,9 @@ class Trainer:
             "results": self.results,
             "skipped_steps": self.skipped_steps,
         }
-        parallel.save_checkpoint(
+        checkpoint.save_checkpoint(
             self.ckpt_dir, state["global_step"], self.wrapped, self.model, optimizer, state,
-            ckpt.rng_state(self.generator), self.dist,
+            checkpoint.rng_state(self.generator), self.dist,
         )
 
     def _log(self, msg: str) -> None:

@@ -1,116 +1,75 @@
 """Evaluation data sets: CLIP_benchmark's local webdataset layout, image folders, caption shards
-and the ImageNet family, each as an ``EvalSet`` whose loader yields ``(images, labels)`` or
+and the ImageNet family, each as an ``EvalSet`` whose batches are ``(images, labels)`` or
 ``(images, captions per image)``.
 
-Images go through OpenCLIP's evaluation transform (short side resized bicubic, centre crop,
-OpenAI mean and std), so a model sees exactly what it would see under OpenCLIP and CLIP_benchmark.
+Shards are read by the training reader (:meth:`Source.read`, :func:`decode_sample`), so a
+corrupt or truncated image, a decompression bomb or a corrupt tar header costs exactly the
+samples it damages, each counted by its reason in a :class:`Tally` and logged; nothing shortens
+an evaluation silently. Images go through :func:`build_eval_transform` (OpenCLIP's evaluation
+transform), so a model sees exactly what it would see under OpenCLIP and CLIP_benchmark.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import re
-import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
+import braceexpand
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from ..data import CLIP_MEAN, CLIP_STD
-from ..data.samples import IMAGE_EXTS
 from . import imagenet
+from .samples import BadSample, DecodeOptions, captions_of, count_skip, decode_sample, describe, label_of
+from .sources import Shard, Source
+from .tar import ShardError
 
-_IMAGE_FILES = {f".{e}" for e in IMAGE_EXTS} | {".bmp", ".ppm", ".tif", ".tiff"}
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image.convert("RGB")
-
-
-def eval_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
-    """OpenCLIP's ``image_transform(size, is_train=False)``: PIL image -> normalised [3, S, S] tensor."""
-    from torchvision import transforms as T  # imported here: a second or more, and ``clipa --help`` needs none
-
-    return T.Compose([
-        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(image_size),
-        _to_rgb,
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+_IMAGE_FILES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
+# Images are decoded as stored: the evaluation transform converts to RGB after cropping, as OpenCLIP.
+_DECODE = DecodeOptions(mode=None)
 
 
 @dataclass
 class EvalSet:
-    """A data set ready to evaluate: ``kind`` is "classification" or "retrieval"."""
+    """A data set ready to evaluate."""
 
     name: str
-    kind: str
+    kind: Literal["classification", "retrieval"]
     dataset: Dataset | IterableDataset
     classnames: list[str] | None = None
     templates: list[Any] | None = None
-    size: int | None = None  # number of images, when known (progress bars)
+    size: int | None = None  # number of samples, when known (progress bars)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that could not be evaluated, in place of it in a batch."""
+
+    reason: str  # a key of clipa.data.samples.REASONS
+    where: str
+
+
+def _evaluated(raw: dict, target: Callable[[dict], Any], transform: Callable) -> tuple[torch.Tensor, Any] | Skipped:
+    """(image tensor, label or captions) of a raw sample, or why it is skipped."""
+    try:
+        found, image = decode_sample(raw, _DECODE, target)
+    except BadSample as e:
+        return Skipped(e.reason, f"{raw.get('__url__', '')} {raw['__key__']}: {e}")
+    return transform(image), found
+
+
+_TARGETS: dict[str, Callable[[dict], Any]] = {"cls": label_of, "captions": partial(captions_of, lines=True)}
 
 
 # ----------------------------------------------------------------------------- webdataset shards
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """``a-{0..3}.tar`` -> four names (webdataset's brace notation, ranges keep zero padding)."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    if not m:
-        return [pattern]
-    lo, hi = m.group(1), m.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    head, tail = pattern[:m.start()], pattern[m.end():]
-    return [n for i in range(int(lo), int(hi) + 1) for n in expand_braces(f"{head}{i:0{width}d}{tail}")]
-
-
 def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
-
-
-def iter_tar_samples(path: str | Path) -> Iterator[dict[str, bytes]]:
-    """Samples of one webdataset shard: files sharing a key (name up to the first dot) grouped."""
-    sample: dict[str, Any] = {}
-    with tarfile.open(path, "r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            d, _, base = member.name.rpartition("/")
-            key, dot, ext = base.partition(".")
-            if not dot:
-                continue
-            key = f"{d}/{key}" if d else key
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample["__key__"] = key
-            sample[ext.lower()] = tar.extractfile(member).read()
-    if sample:
-        yield sample
-
-
-def _decode_image(sample: dict[str, bytes]) -> Image.Image:
-    for ext in IMAGE_EXTS:
-        if ext in sample:
-            return Image.open(io.BytesIO(sample[ext]))
-    raise KeyError(f"sample {sample['__key__']} has no image ({', '.join(IMAGE_EXTS)})")
-
-
-def captions_of(sample: dict[str, bytes]) -> list[str]:
-    """All captions: ``.json`` with a "captions" list, else ``.txt`` lines (CLIP_benchmark's retrieval)."""
-    if "json" in sample:
-        meta = json.loads(sample["json"])
-        if isinstance(meta, dict) and meta.get("captions"):
-            return [str(c) for c in meta["captions"]]
-    if "txt" in sample:
-        return [line for line in sample["txt"].decode("utf-8").splitlines() if line.strip()]
-    raise KeyError(f"sample {sample['__key__']} has no captions (.json 'captions' or .txt)")
 
 
 def shard_quotas(num_shards: int, max_samples: int | None) -> list[int | None]:
@@ -121,30 +80,45 @@ def shard_quotas(num_shards: int, max_samples: int | None) -> list[int | None]:
     return [max_samples // num_shards + (i < max_samples % num_shards) for i in range(num_shards)]
 
 
-class ShardDataset(IterableDataset):
+class ShardSet(IterableDataset):
     """Shards read in order; with DataLoader workers, each worker takes every n-th shard."""
 
-    def __init__(self, shards: Sequence[str | Path], transform: Callable, target: str,
+    def __init__(self, shards: Sequence[str | Path], transform: Callable, target: Literal["cls", "captions"],
                  max_samples: int | None = None):
-        self.shards = [str(s) for s in shards]
+        self.source = Source(" ".join(map(str, shards)), [Shard(str(s)) for s in shards])
         self.transform = transform
-        self.target = target  # "cls" | "captions"
-        self.quotas = shard_quotas(len(self.shards), max_samples)
+        self.target = target
+        self.quotas = shard_quotas(len(self.source.shards), max_samples)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any] | Skipped]:
         info = get_worker_info()
-        picked = list(zip(self.shards, self.quotas))
+        picked = list(enumerate(self.quotas))
         if info is not None:
             picked = picked[info.id::info.num_workers]
-        for shard, quota in picked:
-            for n, sample in enumerate(iter_tar_samples(shard)):
-                if quota is not None and n >= quota:
-                    break
-                image = self.transform(_decode_image(sample))
-                if self.target == "cls":
-                    yield image, int(sample["cls"].decode().strip())
-                else:
-                    yield image, captions_of(sample)
+        for shard_id, quota in picked:
+            try:
+                for _, raw in self.source.read(shard_id, stop=quota):
+                    yield _evaluated(raw, _TARGETS[self.target], self.transform)
+            except ShardError as e:  # truncated or unreadable: the rest of the shard is lost, and counted
+                yield Skipped(e.reason, str(e))
+
+    def count(self) -> int:
+        """Samples the set yields, skipped ones included, from the tar headers alone (payloads
+        are skipped); for progress bars."""
+        return sum(self._groups_in(shard_id, quota) for shard_id, quota in enumerate(self.quotas))
+
+    def _groups_in(self, shard_id: int, quota: int | None) -> int:
+        last = -1
+
+        def seen(index: int) -> bool:
+            nonlocal last
+            last = index
+            return False
+
+        with contextlib.suppress(ShardError):  # the group in progress stands for the lost rest
+            for _ in self.source.read(shard_id, seen, quota):
+                pass
+        return last + 1
 
 
 def _shards_in(folder: Path) -> list[Path]:
@@ -170,40 +144,29 @@ def clip_benchmark_set(root: str | Path, split: str = "test", transform: Callabl
     retrieval = kind_file.exists() and kind_file.read_text().strip().lower() == "retrieval"
     name = name or root.name
     if retrieval:
-        return EvalSet(name, "retrieval", ShardDataset(shards, transform, "captions", max_samples))
+        return EvalSet(name, "retrieval", ShardSet(shards, transform, "captions", max_samples))
     classnames_file = root / "classnames.txt"
     if not classnames_file.exists():
         raise FileNotFoundError(f"{classnames_file} is missing (one class name per line, line i = class i)")
     templates_file = root / "zeroshot_classification_templates.txt"
     templates = _read_lines(templates_file) if templates_file.exists() else list(imagenet.OPENAI_IMAGENET_TEMPLATES)
-    size = _count_samples(shards, max_samples)
-    return EvalSet(name, "classification", ShardDataset(shards, transform, "cls", max_samples),
-                   _read_lines(classnames_file), templates, size)
-
-
-def _count_samples(shards: Sequence[Path], max_samples: int | None) -> int:
-    """Images the set yields (one ``.cls`` per sample); cheap, tar headers only."""
-    n = 0
-    for shard, quota in zip(shards, shard_quotas(len(shards), max_samples)):
-        with tarfile.open(shard, "r|*") as tar:
-            count = sum(1 for m in tar if m.name.endswith(".cls"))
-        n += count if quota is None else min(count, quota)
-    return n
+    dataset = ShardSet(shards, transform, "cls", max_samples)
+    return EvalSet(name, "classification", dataset, _read_lines(classnames_file), templates, dataset.count())
 
 
 def caption_shards_set(data: str | Path, transform: Callable | None = None,
                        max_samples: int | None = None, name: str | None = None) -> EvalSet:
-    """Retrieval on webdataset shards whose samples carry several captions (``.json`` or ``.txt``):
-    a ``.tar`` file, a brace pattern ``dir/test-{0..3}.tar``, or a folder of shards."""
+    """Retrieval on webdataset shards whose samples carry several captions (``.json`` or ``.txt``
+    lines): a ``.tar`` file, a brace pattern ``dir/test-{0..3}.tar``, or a folder of shards."""
     data = str(data)
     path = Path(data)
-    shards = _shards_in(path) if path.is_dir() else [Path(s) for s in expand_braces(data)]
+    shards = _shards_in(path) if path.is_dir() else [Path(s) for s in braceexpand.braceexpand(data)]
     missing = [s for s in shards if not s.exists()]
     if not shards or missing:
         raise FileNotFoundError(f"no retrieval shards at {data}" + (f" (missing {missing[0]})" if missing else ""))
     if name is None:  # "flickr8k-test-0" for flickr8k/test-0.tar, the folder's name for a folder
         name = path.name if path.is_dir() else f"{path.parent.name}-{path.name.split('.')[0]}".strip("-{")
-    return EvalSet(name, "retrieval", ShardDataset(shards, transform, "captions", max_samples))
+    return EvalSet(name, "retrieval", ShardSet(shards, transform, "captions", max_samples))
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -217,10 +180,14 @@ class LabeledFiles(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | Skipped:
         path, label = self.items[i]
-        with Image.open(path) as im:
-            return self.transform(im), label
+        raw: dict = {"__key__": str(path)}
+        try:
+            raw["jpg"] = path.read_bytes()  # any image format: PIL reads the kind from the bytes
+        except OSError:
+            pass  # counted as missing_image
+        return _evaluated(raw, lambda _: label, self.transform)
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -296,19 +263,68 @@ def _objectnet_set(root: Path, transform, templates, max_samples) -> EvalSet:
     return EvalSet("objectnet", "classification", LabeledFiles(items, transform), classnames, templates, len(items))
 
 
+def open_data(data: str | Path, image_size: int, split: str = "test", classnames: str | None = None,
+              templates: str | None = None, max_samples: int | None = None) -> EvalSet:
+    """Find out what ``data`` is: a CLIP_benchmark folder (``split/*.tar`` + ``classnames.txt``
+    or ``dataset_type.txt``), retrieval shards (a ``.tar``, a brace pattern, a folder of shards)
+    or an image folder (class sub-folders; needs ``classnames``)."""
+    from .transforms import build_eval_transform  # torchvision: imported when a set is opened
+
+    transform = build_eval_transform(image_size)
+    path = Path(data)
+    if path.is_dir():
+        if (path / split).is_dir() and any((path / split).glob("*.tar")):
+            return clip_benchmark_set(path, split, transform, max_samples)
+        if any(path.glob("*.tar")):
+            return caption_shards_set(path, transform, max_samples)
+        if classnames is None:
+            raise FileNotFoundError(f"{path} looks like an image folder; give its class names with --classnames FILE")
+        return image_folder_set(path, classnames, templates, transform, max_samples)
+    return caption_shards_set(data, transform, max_samples)
+
+
 # ----------------------------------------------------------------------------- loading
 
 
-def collate(batch: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
-    images = torch.stack([b[0] for b in batch])
-    targets = [b[1] for b in batch]
-    return images, (torch.tensor(targets) if isinstance(targets[0], int) else targets)
+@dataclass
+class Tally:
+    """Samples scored and skipped (by reason) while a set is read: what a result reports."""
+
+    scored: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """``{"scored": n, "skipped": {reason: n, ...}}`` (reasons sorted; none: empty)."""
+        return {"scored": self.scored, "skipped": dict(sorted(self.skipped.items()))}
+
+    def __str__(self) -> str:
+        return f"{self.scored} samples scored, {sum(self.skipped.values())} skipped ({describe(self.skipped)})"
 
 
-def loader(evalset: EvalSet, batch_size: int = 256, workers: int = 0) -> DataLoader:
-    """Batches in data order (no shuffling); workers split shards or indices."""
-    return DataLoader(evalset.dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                      shuffle=False, persistent_workers=False)
+def collate(batch: list) -> tuple[torch.Tensor, Any, list[Skipped]]:
+    """(images, labels or captions, skipped samples) of a batch; images may be empty."""
+    kept = [b for b in batch if not isinstance(b, Skipped)]
+    skipped = [b for b in batch if isinstance(b, Skipped)]
+    if not kept:
+        return torch.empty(0), [], skipped
+    images = torch.stack([b[0] for b in kept])  # [B, 3, S, S]
+    targets = [b[1] for b in kept]
+    return images, (torch.tensor(targets) if isinstance(targets[0], int) else targets), skipped
+
+
+def batches(evalset: EvalSet, batch_size: int = 256, workers: int = 0,
+            tally: Tally | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
+    """``(images, targets)`` in data order (no shuffling; workers split shards or indices);
+    skipped samples are left out of the batches and counted in ``tally``."""
+    tally = Tally() if tally is None else tally
+    loader = DataLoader(evalset.dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        shuffle=False, persistent_workers=False)
+    for images, targets, skipped in loader:
+        for sample in skipped:
+            count_skip(tally.skipped, sample.reason, sample.where)
+        if len(targets):
+            tally.scored += len(targets)
+            yield images, targets
 
 
 def num_batches(evalset: EvalSet, batch_size: int) -> int | None:
