@@ -85,14 +85,14 @@ def test_damaged_samples_are_skipped_and_counted(tmp_path):
     write_tar(root / "00001.tar", [m for i in range(4) for m in sample(f"h{i}", 10 + i)])
     data = bytearray((root / "00001.tar").read_bytes())
     at = data.index(b"h3.jpg")
-    data[at:at + 10] = b"\x13" * 10  # a corrupt header: h0, h1 survive, h2 (in progress) is lost
+    data[at:at + 10] = b"\x13" * 10  # a corrupt header: h3 loses its image, h0-h2 are whole
     (root / "00001.tar").write_bytes(bytes(data))
     report = resize(f"{root}/{{00000..00002}}.tar", tmp_path / "out", size=64)  # 00002.tar does not exist
-    assert report["samples"] == 4 and report["shards"] == 2
+    assert report["samples"] == 5 and report["shards"] == 2
     assert report["skipped"] == {"corrupt_image": 1, "empty_image": 1, "missing_caption": 1, "corrupt_shard": 1,
                                  "unreadable_shard": 1}
     assert report["unreadable"] == [f"{root}/00002.tar"]
-    assert {n.split(".")[0] for n in contents(tmp_path / "out" / "00001.tar")} == {"h0", "h1"}
+    assert {n.split(".")[0] for n in contents(tmp_path / "out" / "00001.tar")} == {"h0", "h1", "h2"}
     assert not (tmp_path / "out" / "00002.tar").exists()  # retried by the next run, not recorded
 
 
