@@ -350,11 +350,11 @@ def test_joined_sources_weights_and_caption_choice(tmp_path):
         picked.extend(captions)
         return zero_tokens(captions)
 
-    first = DataConfig(source=f"{a}::{tmp_path}/j.tar", caption_choice="first")
+    first = DataConfig(source=f"{a}::{tmp_path}/j.tar", caption_choice="first", workers=0)  # record: in process
     keys = [k for b in one_epoch(build_train_loader(first, 16, 1, record, seed=0)) for k in b["keys"]]
     assert len(keys) == 10 and {p for k, p in zip(keys, picked) if k.startswith("j")} == {"c0"}
     picked.clear()
-    epochs(build_train_loader(DataConfig(source=f"{tmp_path}/j.tar"), 16, 1, record, seed=0), 3)
+    epochs(build_train_loader(DataConfig(source=f"{tmp_path}/j.tar", workers=0), 16, 1, record, seed=0), 3)
     assert len(set(picked)) > 2  # a caption drawn per sample and epoch
 
     with pytest.raises(ValueError, match="needs data.resampled"):
@@ -449,13 +449,15 @@ def test_loader_pixels_follow_the_public_transform():
     torch.testing.assert_close(normalise(x), ref, atol=1e-5, rtol=0)
 
 
-def test_loader_batches_are_normalised_float_images(tmp_path):
+def test_loader_batches_are_uint8_images(tmp_path):
+    """Loaders hand over uint8 (the trainer normalises on its device)."""
     source = good_shards(tmp_path, 2, 4)
     loader = build_train_loader(DataConfig(source=source), 24, 3, zero_tokens, seed=0, augment=False)
     batch = next(iter(loader))
-    assert batch["images"].dtype == torch.float32 and batch["images"].shape == (3, 3, 24, 24)
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 24, 24)
     assert batch["text"].shape == (3, 4) and len(batch["keys"]) == 3
-    assert -2.0 < batch["images"].min() and batch["images"].max() < 2.7
+    images = normalise(batch["images"])
+    assert images.dtype == torch.float32 and -2.0 < images.min() and images.max() < 2.7
 
 
 # ----------------------------------------------------------------------------- tools

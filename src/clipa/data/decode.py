@@ -15,13 +15,17 @@ differs (the DCT's own downscaling instead of full-resolution pixels).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
+from ..config import DataConfig
 from .samples import decode_image
+from .transforms import augment_pixels, draft_size, eval_pixels, train_pixels
 
 REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scales below 1, coarsest first
 
@@ -74,3 +78,25 @@ def decode_crop(data: bytes, size: int, scale: tuple[float, float], ratio: tuple
     bottom = min(round((crop.top + crop.height) / r), image.height)
     pixels = pil_to_tensor(image.crop((left, top, right, bottom)))  # [3, h', w'] uint8
     return resize(pixels, [size, size], InterpolationMode.BICUBIC, antialias=True)  # [3, size, size]
+
+
+def _decode_then(max_pixels: int, draft: int, pixels: Callable, data: bytes) -> torch.Tensor:
+    """Decode (JPEGs at the fixed reduced scale ``draft``), then crop and augment the uint8 tensor."""
+    return pixels(pil_to_tensor(decode_image(data, max_pixels, draft)))
+
+
+def _crop_then(size: int, scale: tuple[float, float], max_pixels: int, pixels: Callable, data: bytes) -> torch.Tensor:
+    """Crop while decoding (:func:`decode_crop`), then augment."""
+    return pixels(decode_crop(data, size, scale, max_pixels=max_pixels))
+
+
+def image_decoder(image_size: int, data: DataConfig, augment: bool = True) -> Callable[[bytes], torch.Tensor]:
+    """Image bytes -> uint8 ``[3, S, S]`` the loader batches, as ``data`` says: the training crop
+    (``data.decode_scale``) and augmentations, or (``augment=False``) the centre crop. Draws its
+    randomness from torch's global RNG (the stream seeds it per sample); picklable, for workers."""
+    if not augment:
+        return partial(_decode_then, data.max_image_pixels, image_size, eval_pixels(image_size))
+    if data.decode_scale == "worst_crop":
+        return partial(_decode_then, data.max_image_pixels, draft_size(image_size, data.scale[0]),
+                       train_pixels(image_size, data))
+    return partial(_crop_then, image_size, tuple(data.scale), data.max_image_pixels, augment_pixels(data))

@@ -144,14 +144,18 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None, mo
         raise BadSample("corrupt_image", f"{type(e).__name__}: {e}") from None
 
 
-def decode_sample(raw: dict, options: DecodeOptions,
-                  target: Callable[[dict], Any] = captions_of) -> tuple[Any, Image.Image]:
+def decode_sample(raw: dict, options: DecodeOptions, target: Callable[[dict], Any] = captions_of,
+                  image: Callable[[bytes], Any] | None = None) -> tuple[Any, Any]:
     """(target, image) of a raw sample, or BadSample; the target (by default the captions;
-    :func:`label_of` for classification) is checked first, as it is cheap."""
+    :func:`label_of` for classification) is checked first, as it is cheap. ``image`` turns the
+    image bytes into what the caller wants (the training loader's crop-while-decoding, see
+    :func:`clipa.data.decode.image_decoder`); by default a PIL image as ``options`` say."""
     if "__damaged__" in raw:
         raise BadSample("corrupt_shard", raw["__damaged__"])
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise BadSample("missing_image")
     found = target(raw)
+    if image is not None:
+        return found, image(raw[ext])
     return found, decode_image(raw[ext], options.max_image_pixels, options.draft_size, options.mode)

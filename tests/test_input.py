@@ -1,0 +1,110 @@
+"""The input pipeline around the loader: decode scale, worker settings, normalisation on the device.
+
+References: the same loader with the other setting (a setting that must not change the data
+must not), float64 arithmetic for the normalisation, and hand-set CPU counts.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from clipa.config import DataConfig
+from clipa.data import CLIP_MEAN, CLIP_STD, build_train_loader
+from clipa.data.loader import default_workers
+from clipa.data.transforms import normalise
+
+
+def zero_tokens(captions: list[str]) -> torch.Tensor:
+    return torch.zeros(len(captions), 4, dtype=torch.long)
+
+
+def shards(root: Path, side: int, n: int = 2, per: int = 6) -> str:
+    """``n`` shards of ``per`` gradient-and-noise JPEGs, ``side`` x 3/4 ``side`` px."""
+    g = torch.Generator().manual_seed(side)
+    for s in range(n):
+        with tarfile.open(root / f"{side}-{s}.tar", "w") as tar:
+            for i in range(per):
+                noise = torch.randint(0, 256, (side * 3 // 4, side, 3), generator=g, dtype=torch.uint8)
+                image = Image.fromarray(noise.numpy()).filter(ImageFilter.BLUR)
+                out = io.BytesIO()
+                image.save(out, "JPEG", quality=90)
+                for ext, data in (("jpg", out.getvalue()), ("txt", f"photo {s} {i}".encode())):
+                    info = tarfile.TarInfo(f"k{s}_{i}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return f"{root}/{side}-{{0..{n - 1}}}.tar"
+
+
+def batches(data: DataConfig, size: int, n: int, batch: int = 4) -> list[dict]:
+    loader = build_train_loader(data, size, batch, zero_tokens, seed=3)
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            return out
+    raise AssertionError("the loader ended")
+
+
+def test_per_crop_decoding_draws_the_same_crops(tmp_path):
+    """Where no reduced scale is possible (small sources) per-crop and worst-crop decoding are
+    the same pixels: the crop is drawn from the same seeded RNG, in the same order, before
+    the colour jitter. On large sources the data (keys, order) stays the same too."""
+    small = shards(tmp_path, 64)
+    augment = {"color_jitter": (0.4, 0.4, 0.4, 0.1), "grayscale_prob": 0.3, "workers": 0}
+    per_crop = batches(DataConfig(source=small, **augment), 32, 3)
+    worst = batches(DataConfig(source=small, decode_scale="worst_crop", **augment), 32, 3)
+    for a, b in zip(per_crop, worst):
+        assert a["keys"] == b["keys"] and torch.equal(a["images"], b["images"])
+    large = shards(tmp_path, 512)
+    per_crop = batches(DataConfig(source=large, workers=0), 48, 3)
+    worst = batches(DataConfig(source=large, decode_scale="worst_crop", workers=0), 48, 3)
+    assert [b["keys"] for b in per_crop] == [b["keys"] for b in worst]
+    assert not all(torch.equal(a["images"], b["images"]) for a, b in zip(per_crop, worst))  # other scales
+    assert all(b["images"].shape == (4, 3, 48, 48) and b["images"].dtype == torch.uint8 for b in per_crop)
+
+
+def test_persistent_workers_give_the_same_epochs(tmp_path):
+    """Workers kept alive across epochs replay exactly what fresh workers per epoch give."""
+    source = shards(tmp_path, 40, n=3, per=5)
+    common = {"source": source, "workers": 2, "shuffle_buffer": 4, "prefetch_factor": 2}
+    kept = batches(DataConfig(**common, persistent_workers=True), 24, 9, batch=3)  # 4 batches an epoch
+    fresh = batches(DataConfig(**common, persistent_workers=False), 24, 9, batch=3)
+    assert [b["keys"] for b in kept] == [b["keys"] for b in fresh]
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(kept, fresh))
+    assert len({k for b in kept[:4] for k in b["keys"]}) == 12  # one epoch: every usable sample once
+
+
+def test_default_workers_follow_the_cores_per_process(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 16  # 31, capped
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 3  # 32 cores / 8 processes, one for the training loop
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_workers() == 1
+
+
+def test_normalise_equals_the_float64_reference_on_any_dtype():
+    x = torch.randint(0, 256, (3, 3, 7, 5), dtype=torch.uint8)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float64).view(3, 1, 1)
+    ref = (x.double() / 255 - mean) / std
+    got = normalise(x)
+    assert got.dtype == torch.float32 and (got.double() - ref).abs().max() < 1e-6
+    assert x.dtype == torch.uint8  # the batch itself is left alone
+    half = normalise(x, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, got.to(torch.bfloat16))
+    assert torch.equal(normalise(x[0]), got[0])  # one image as well as a batch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_normalise_on_the_gpu_equals_the_cpu():
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8).pin_memory()
+    on_gpu = normalise(x.to("cuda", non_blocking=True))
+    assert on_gpu.device.type == "cuda" and (on_gpu.cpu() - normalise(x)).abs().max() < 1e-6
