@@ -108,3 +108,66 @@ def test_normalise_on_the_gpu_equals_the_cpu():
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8).pin_memory()
     on_gpu = normalise(x.to("cuda", non_blocking=True))
     assert on_gpu.device.type == "cuda" and (on_gpu.cpu() - normalise(x)).abs().max() < 1e-6
+
+
+# ----------------------------------------------------------------------------- data.decode: cuda
+
+
+def test_device_decoding_path_equals_the_cpu_path(tmp_path, monkeypatch):
+    """The GPU path's code (bytes from the workers, batched ``decode_jpeg``, crop, resize and
+    jitter on the device) run on the CPU device gives the CPU loader's pixels exactly, where
+    neither path can use a reduced scale; a PNG among the JPEGs is decoded by the worker."""
+    import clipa.data.loader as loader_module
+    from clipa.data.decode import DeviceDecoder
+
+    source = shards(tmp_path, 64)
+    with tarfile.open(tmp_path / "png.tar", "w") as tar:
+        for i in range(4):
+            out = io.BytesIO()
+            Image.new("RGB", (70, 50), (40 * i, 90, 200)).save(out, "PNG")
+            for ext, data in (("png", out.getvalue()), ("txt", b"a flat colour")):
+                info = tarfile.TarInfo(f"p{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    source += f"::{tmp_path}/png.tar"
+    monkeypatch.setattr(loader_module, "DeviceDecoder", lambda size, data, device: DeviceDecoder(size, data, "cpu"))
+    augment = {"color_jitter": (0.4, 0.4, 0.4, 0.1), "grayscale_prob": 0.3, "workers": 2}
+    on_device = batches(DataConfig(source=source, decode="cuda", **augment), 32, 4)
+    on_cpu = batches(DataConfig(source=source, **augment), 32, 4)
+    assert any(k.startswith("p") for b in on_device for k in b["keys"])
+    for a, b in zip(on_device, on_cpu):
+        assert a["keys"] == b["keys"] and a["images"].shape == (4, 3, 32, 32)
+        assert torch.equal(a["images"], b["images"])
+
+
+def test_device_decoding_counts_what_no_codec_decodes():
+    from clipa.data.decode import DeviceDecoder
+
+    good = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(good, "JPEG")
+    broken = bytearray(b"\xff\xd8" + bytes(100) + b"\xff\xd9")  # start and end markers, nothing else
+    decoder = DeviceDecoder(16, DataConfig(), "cpu")
+    items = [torch.frombuffer(bytearray(good.getvalue()), dtype=torch.uint8),
+             torch.frombuffer(broken, dtype=torch.uint8), torch.full((3, 16, 16), 7, dtype=torch.uint8)]
+    out = decoder(items, [1, 2, 3])
+    assert out.shape == (3, 3, 16, 16) and (out[2] == 7).all()
+    assert out[0].float().mean() > 50
+    assert decoder.skipped == {"corrupt_image": 1} and (out[1] == 0).all()  # counted, left black
+
+
+def test_device_decoding_without_a_gpu_or_codec_is_one_line(tmp_path, monkeypatch):
+    source = shards(tmp_path, 40, n=1, per=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^data.decode: cuda needs a CUDA GPU, and torch sees none"):
+            build_train_loader(DataConfig(source=source, decode="cuda"), 32, 2, zero_tokens, seed=0)
+    import clipa.data.decode as decode_module
+
+    def no_codec(*args, **kwargs):
+        raise RuntimeError("nvjpeg is not available in this build\nmore detail")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(decode_module, "decode_jpeg", no_codec)
+    with pytest.raises(ValueError) as e:
+        build_train_loader(DataConfig(source=source, decode="cuda"), 32, 2, zero_tokens, seed=0)
+    assert str(e.value) == ("data.decode: cuda: torchvision cannot decode JPEGs on cuda here "
+                            "(nvjpeg is not available in this build); use data.decode=cpu")

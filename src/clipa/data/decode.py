@@ -14,20 +14,24 @@ differs (the DCT's own downscaling instead of full-resolution pixels).
 
 from __future__ import annotations
 
+import io
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
 from ..config import DataConfig
-from .samples import decode_image
+from .samples import BadSample, decode_image, open_image
 from .transforms import augment_pixels, draft_size, eval_pixels, train_pixels
 
 REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scales below 1, coarsest first
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect ratio range
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def plan_crop(image: Image.Image, size: int, scale: tuple[float, float], ratio: 
     return Crop(top, left, height, width, reduction)
 
 
-def decode_crop(data: bytes, size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3),
+def decode_crop(data: bytes, size: int, scale: tuple[float, float], ratio: tuple[float, float] = RATIO,
                 max_pixels: int = 89_478_485) -> torch.Tensor:
     """Image bytes -> uint8 ``[3, size, size]`` random resized crop (bicubic, antialiased).
 
@@ -100,3 +104,98 @@ def image_decoder(image_size: int, data: DataConfig, augment: bool = True) -> Ca
         return partial(_decode_then, data.max_image_pixels, draft_size(image_size, data.scale[0]),
                        train_pixels(image_size, data))
     return partial(_crop_then, image_size, tuple(data.scale), data.max_image_pixels, augment_pixels(data))
+
+
+# ---------------------------------------------------------------------------- decoding on the GPU
+
+_EOI = b"\xff\xd9"  # a JPEG's end-of-image marker: its absence means a truncated file
+
+
+def _jpeg_or_pixels(cpu: Callable[[bytes], torch.Tensor], max_pixels: int, data: bytes) -> torch.Tensor:
+    """In a loader worker with ``data.decode: cuda``: a whole JPEG's bytes as a 1-D uint8 tensor
+    for the GPU (its header checked here), anything else decoded and cropped here by ``cpu``."""
+    image = open_image(data, max_pixels)
+    if image.format == "JPEG" and _EOI in data[-64:]:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)  # [n_bytes]
+    return cpu(data)  # [3, S, S]
+
+
+def worker_decoder(image_size: int, data: DataConfig, augment: bool = True) -> Callable[[bytes], torch.Tensor]:
+    """What loader workers do with image bytes: decode (``data.decode: cpu``, see
+    :func:`image_decoder`) or, for the GPU, only check JPEGs and pass their bytes on."""
+    cpu = image_decoder(image_size, data, augment)
+    return partial(_jpeg_or_pixels, cpu, data.max_image_pixels) if data.decode == "cuda" and augment else cpu
+
+
+class DeviceDecoder:
+    """JPEGs decoded in batches on the training device (``data.decode: cuda``: nvJPEG through
+    ``torchvision.io.decode_jpeg``), then cropped, resized and augmented there.
+
+    Each sample's randomness is re-drawn from its own seed, as a loader worker would draw it,
+    so the crop is the one the CPU path takes from the full image (the seeded draws come
+    first from torch's CPU generator, whose state is restored afterwards). A JPEG the GPU
+    codec refuses is decoded on the CPU instead (PIL); one neither can decode is counted
+    as ``corrupt_image`` in ``skipped`` and left black.
+    """
+
+    def __init__(self, image_size: int, data: DataConfig, device: torch.device | str):
+        self.size, self.scale, self.device = image_size, tuple(data.scale), torch.device(device)
+        self.augment = augment_pixels(data)
+        self.cpu = image_decoder(image_size, data)
+        self.skipped: Counter = Counter()
+
+    def check(self) -> None:
+        """Raise ValueError (one line) where the device or its JPEG codec is missing."""
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("data.decode: cuda needs a CUDA GPU, and torch sees none (use data.decode=cpu)")
+        probe = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(probe, "JPEG")
+        try:
+            decode_jpeg(torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8), device=self.device)
+        except (RuntimeError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"data.decode: cuda: torchvision cannot decode JPEGs on {self.device} here "
+                             f"({first}); use data.decode=cpu") from None
+
+    def _decode(self, jpegs: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        try:
+            return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.device)  # [3, H, W] each
+        except RuntimeError:  # one bad image fails the batch: find it
+            out: list[torch.Tensor | None] = []
+            for jpeg in jpegs:
+                try:
+                    out.append(decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+    def __call__(self, items: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:
+        """A worker's batch (uint8 ``[3, S, S]`` crops and 1-D JPEG bytes, with each sample's seed)
+        -> uint8 ``[B, 3, S, S]`` on the device."""
+        out = torch.empty(len(items), 3, self.size, self.size, dtype=torch.uint8, device=self.device)
+        slots = [i for i, x in enumerate(items) if x.dim() == 1]
+        for i, x in enumerate(items):
+            if x.dim() == 3:
+                out[i] = x.to(self.device, non_blocking=True)
+        saved = torch.get_rng_state()
+        try:
+            for slot, decoded in zip(slots, self._decode([items[i] for i in slots])):
+                torch.default_generator.manual_seed(seeds[slot])
+                if decoded is None:
+                    out[slot] = self._on_cpu(items[slot])
+                    continue
+                top, left, h, w = RandomResizedCrop.get_params(decoded, list(self.scale), list(RATIO))
+                crop = resize(decoded[:, top:top + h, left:left + w], [self.size, self.size],
+                              InterpolationMode.BICUBIC, antialias=True)  # [3, S, S]
+                out[slot] = self.augment(crop)
+        finally:
+            torch.set_rng_state(saved)
+        return out
+
+    def _on_cpu(self, jpeg: torch.Tensor) -> torch.Tensor:
+        """A JPEG the device codec refused, through the CPU path (same seeded draws), or black."""
+        try:
+            return self.cpu(jpeg.numpy().tobytes())
+        except BadSample as e:
+            self.skipped[e.reason] += 1
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from ..config import DataConfig
 from .samples import DecodeOptions, describe
 from .sources import Source, load_source
-from .decode import image_decoder
+from .decode import DeviceDecoder, worker_decoder
 from .stream import BatchStream, EmptySourceError, ShardPlan, StreamConfig, start_position
 
 log = logging.getLogger("clipa.data")
@@ -44,8 +44,10 @@ class TrainLoader:
 
     def __init__(self, source: Source, cfg: StreamConfig, transform: Callable, tokenize: Callable,
                  num_workers: int, num_samples: int | None, state: dict | None = None,
-                 prefetch_factor: int = 4, persistent_workers: bool = True):
+                 prefetch_factor: int = 4, persistent_workers: bool = True,
+                 device_decoder: DeviceDecoder | None = None):
         self.source, self.cfg, self.transform, self.tokenize = source, cfg, transform, tokenize
+        self.device_decoder = device_decoder  # data.decode: cuda: workers pass JPEG bytes, decoded here
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         # persistent workers outlive an epoch (the dataset counts its passes); without workers it is moot
         self.persistent = persistent_workers and num_workers > 0
@@ -124,6 +126,10 @@ class TrainLoader:
                 self.next_worker = (worker + 1) % self.cfg.workers
                 if "images" not in item:  # a worker's final position in one-pass mode
                     continue
+                if isinstance(item["images"], list):  # crops and JPEG bytes: decode those on the device
+                    item["images"] = self.device_decoder(item["images"], item.pop("seeds"))
+                    self.skipped.update(self.device_decoder.skipped)
+                    self.device_decoder.skipped.clear()
                 self.batches += 1
                 if self.batches_per_epoch is not None and self.batches == self.batches_per_epoch:
                     self._log_epoch()
@@ -181,8 +187,12 @@ def build_train_loader(
         endless=data.num_samples is not None or data.resampled,
         decode=DecodeOptions(data.caption_choice, data.max_image_pixels),
     )
-    return TrainLoader(source, cfg, image_decoder(image_size, data, augment), tokenize, workers, data.num_samples,
-                       state, data.prefetch_factor, data.persistent_workers)
+    device_decoder = None
+    if data.decode == "cuda" and augment:
+        device_decoder = DeviceDecoder(image_size, data, "cuda")
+        device_decoder.check()  # no GPU or no codec: one line now, not in the first step
+    return TrainLoader(source, cfg, worker_decoder(image_size, data, augment), tokenize, workers, data.num_samples,
+                       state, data.prefetch_factor, data.persistent_workers, device_decoder)
 
 
 def default_workers() -> int:

@@ -114,6 +114,25 @@ def pick_caption(captions: list[str], choice: str, seed: int) -> str:
     return captions[0] if choice == "first" else captions[(seed >> 11) % len(captions)]
 
 
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> an opened image whose header (size, format) is read and checked against
+    ``max_pixels``; no pixel is decoded yet."""
+    if not data:
+        raise BadSample("empty_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise BadSample("decompression_bomb", str(e)) from None
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ...
+        raise BadSample("corrupt_image", f"{type(e).__name__}: {e}") from None
+    w, h = image.size
+    if w * h > max_pixels:
+        raise BadSample("decompression_bomb", f"{w}x{h} pixels")
+    return image
+
+
 def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None, mode: str | None = "RGB",
                  before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """Bytes -> loaded image in ``mode`` (None: as stored); the size guard runs on the header,
@@ -121,23 +140,16 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None, mo
 
     ``before_load`` sees the opened, not yet decoded image (size and format known) and may
     call ``draft`` on it instead of the fixed ``draft_size`` (see :mod:`clipa.data.decode`)."""
-    if not data:
-        raise BadSample("empty_image")
+    image = open_image(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            w, h = image.size
-            if w * h > max_pixels:
-                raise BadSample("decompression_bomb", f"{w}x{h} pixels")
             if before_load is not None:
                 before_load(image)
             elif draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             return image if mode in (None, image.mode) else image.convert(mode)  # convert would copy
-    except BadSample:
-        raise
     except Image.DecompressionBombError as e:
         raise BadSample("decompression_bomb", str(e)) from None
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ...

@@ -208,7 +208,7 @@ class WorkerStream:
         if self.pos.done:
             return
         self._restore_buffer()
-        keys, captions, images = [], [], []
+        keys, captions, images, seeds = [], [], [], []
         for raw in self._shuffled():
             seed = mix(self.cfg.seed, _SAMPLE, self.stream_id, self.g, self.pos.emitted)
             try:
@@ -220,10 +220,15 @@ class WorkerStream:
             keys.append(raw["__key__"])
             captions.append(pick_caption(all_captions, self.cfg.decode.caption_choice, seed))
             images.append(image)
+            seeds.append(seed)
             if len(keys) == self.cfg.batch_size:
-                yield {"images": torch.stack(images), "text": self.tokenize(captions), "keys": keys,
-                       "_state": self.snapshot()}
-                keys, captions, images = [], [], []
+                batch = {"text": self.tokenize(captions), "keys": keys, "_state": self.snapshot()}
+                if all(x.dim() == 3 for x in images):
+                    batch["images"] = torch.stack(images)  # [B, 3, S, S] uint8
+                else:  # JPEG bytes among them, decoded on the GPU by the loader (data.decode: cuda)
+                    batch["images"], batch["seeds"] = images, seeds
+                yield batch
+                keys, captions, images, seeds = [], [], [], []
         self.pos.done = True
         yield {"_state": self.snapshot()}
 
