@@ -171,3 +171,36 @@ def test_device_decoding_without_a_gpu_or_codec_is_one_line(tmp_path, monkeypatc
         build_train_loader(DataConfig(source=source, decode="cuda"), 32, 2, zero_tokens, seed=0)
     assert str(e.value) == ("data.decode: cuda: torchvision cannot decode JPEGs on cuda here "
                             "(nvjpeg is not available in this build); use data.decode=cpu")
+
+
+# ----------------------------------------------------------------------------- a stage's own data
+
+
+def test_a_stage_with_its_own_data_source_trains(tmp_path, monkeypatch):
+    """A low-resolution stage reads shards made by ``clipa data resize``; the next stage reads
+    the run's originals. Each stage's loader is built on its own source, and the run trains."""
+    import clipa.data as data_module
+    from clipa.config import StageConfig, from_dict, load_config
+    from clipa.data.resize import resize
+    from clipa.train.trainer import Trainer
+
+    original = shards(tmp_path, 64, n=2, per=8)
+    small = resize(original, tmp_path / "small", size=20, progress=False)["output"] + "/64-{0..1}.tar"
+    tiny = ("model_overrides={embed_dim: 32, vision: {image_size: 16, patch_size: 4, width: 64, layers: 1, "
+            "head_width: 32}, text: {width: 64, heads: 2, layers: 1}}")
+    cfg = load_config(None, [tiny, "train.progress=false", "train.threads=1", f"train.output_dir={tmp_path}/run",
+                             f"data.source={original}", "data.workers=0", "data.num_samples=16", "eval.every=0",
+                             "stage.samples=32", "stage.batch_size=8", "stage.warmup=1", "stage.text_length=8",
+                             f"stage.data.source={small}"])
+    cfg.stages.append(from_dict(StageConfig, {"name": "full", "image_size": 24, "samples": 16, "batch_size": 8,
+                                              "warmup": 1, "text_length": 8}))
+    read = []
+    real = data_module.build_train_loader
+
+    def spy(data, image_size, *args, **kwargs):
+        read.append((data.source, image_size))
+        return real(data, image_size, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "build_train_loader", spy)
+    Trainer(cfg).fit()
+    assert read == [(small, 16), (original, 24)]

@@ -8,6 +8,7 @@ plain or re-materialised big-batch steps; ``distributed`` decides how the model 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -20,7 +21,7 @@ import torch
 
 from .. import checkpoint, distributed
 from ..bigbatch import forward_backward
-from ..config import ConfigError, RunConfig, StageConfig, to_dict
+from ..config import ConfigError, DataConfig, RunConfig, StageConfig, to_dict
 from ..loss import MAX_LOGIT_SCALE, clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
 from ..reduction.image import stage_image_size
@@ -51,6 +52,7 @@ class Trainer:
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
+        self.input_dtype = torch.bfloat16 if use_bf16 else torch.float32  # what the patch embedding computes in
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -70,6 +72,7 @@ class Trainer:
         self.writer = None
         self.bad_steps = 0
         self.skipped_steps = 0
+        self.waits: list[float] = []  # data waits of the last log_every steps
         self.results: list[dict] = []
 
     # ------------------------------------------------------------------ set-up per stage
@@ -114,9 +117,15 @@ class Trainer:
         from ..data import build_train_loader
 
         return build_train_loader(
-            self.cfg.data, image_size, batch_size, tokenize, seed=seed,
+            self.data_for(stage), image_size, batch_size, tokenize, seed=seed,
             rank=self.dist.rank, world_size=self.dist.world_size, state=state,
         )
+
+    def data_for(self, stage: StageConfig) -> DataConfig:
+        """The run's ``data`` with the stage's own overrides (``stages[i].data.source``)."""
+        if stage.data.source is None:
+            return self.cfg.data
+        return dataclasses.replace(self.cfg.data, source=stage.data.source)
 
     # ------------------------------------------------------------------ main loop
 
@@ -144,6 +153,8 @@ class Trainer:
         return self.results
 
     def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
+        from ..data.transforms import normalise  # here: `clipa --help` starts without torchvision
+
         stage = self.cfg.stages[index]
         self.stage_index = index
         if restored is not None:  # weights at the sizes they were saved at, then this stage's
@@ -174,8 +185,11 @@ class Trainer:
         for step in range(start_step, total):
             lr = lr_at(step, total, stage)
             set_lr(optimizer, lr)
+            waited = time.perf_counter()
             batch = next(batches)
-            images = batch["images"].to(self.device, non_blocking=True)
+            waited = time.perf_counter() - waited  # the step stood idle for data this long
+            # uint8 (pinned on CUDA): copied as a quarter of the bytes, normalised on the device
+            images = normalise(batch["images"].to(self.device, non_blocking=True), self.input_dtype)
             text = batch["text"].to(self.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
@@ -195,7 +209,7 @@ class Trainer:
                     self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             seen += images.shape[0] * self.dist.world_size
             rate = seen / max(1e-9, time.perf_counter() - t0)
-            self._report(progress, step, loss, lr, rate, loader)
+            self._report(progress, step, loss, lr, rate, waited, loader)
             done = step + 1 == total
             every = self.cfg.train.checkpoint_every
             if every and (step + 1) % every == 0 and not done:
@@ -249,9 +263,16 @@ class Trainer:
     def _global_step(self, index: int, step: int) -> int:
         return sum(stage_steps(s) for s in self.cfg.stages[:index]) + step
 
-    def _report(self, progress, step: int, loss: float, lr: float, rate: float, loader) -> None:
+    def _report(self, progress, step: int, loss: float, lr: float, rate: float, waited: float, loader) -> None:
+        """Progress bar and TensorBoard. ``data_wait``: seconds this step waited for its batch (the
+        bar shows the mean over the last ``log_every`` steps); near the step time means input-bound."""
+        self.waits.append(waited)
+        every = max(1, self.cfg.train.log_every)
+        del self.waits[:-every]
+        wait = sum(self.waits) / len(self.waits)
         if progress is not None:
-            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
+            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}",
+                       "data_wait": f"{1e3 * wait:.0f}ms"}
             bad = sum(loader.stats().values())
             if bad:
                 postfix["bad"] = bad
@@ -262,6 +283,7 @@ class Trainer:
             tb.add_scalar("train/loss", loss, g)
             tb.add_scalar("train/lr", lr, g)
             tb.add_scalar("train/samples_per_s", rate, g)
+            tb.add_scalar("train/data_wait_s", wait, g)
             tb.add_scalar("train/logit_scale", self.model.logit_scale.exp().item(), g)
             for reason, count in loader.stats().items():
                 tb.add_scalar(f"data/skipped_{reason}", count, g)
