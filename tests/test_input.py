@@ -7,7 +7,6 @@ must not), float64 arithmetic for the normalisation, and hand-set CPU counts.
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from clipa.config import DataConfig
 from clipa.data import CLIP_MEAN, CLIP_STD, build_train_loader
 from clipa.data.loader import default_workers
 from clipa.data.transforms import normalise
+from test_data import write_tar
 
 
 def zero_tokens(captions: list[str]) -> torch.Tensor:
@@ -25,19 +25,16 @@ def zero_tokens(captions: list[str]) -> torch.Tensor:
 
 
 def shards(root: Path, side: int, n: int = 2, per: int = 6) -> str:
-    """``n`` shards of ``per`` gradient-and-noise JPEGs, ``side`` x 3/4 ``side`` px."""
+    """``n`` shards of ``per`` blurred-noise JPEGs, ``side`` x 3/4 ``side`` px."""
     g = torch.Generator().manual_seed(side)
     for s in range(n):
-        with tarfile.open(root / f"{side}-{s}.tar", "w") as tar:
-            for i in range(per):
-                noise = torch.randint(0, 256, (side * 3 // 4, side, 3), generator=g, dtype=torch.uint8)
-                image = Image.fromarray(noise.numpy()).filter(ImageFilter.BLUR)
-                out = io.BytesIO()
-                image.save(out, "JPEG", quality=90)
-                for ext, data in (("jpg", out.getvalue()), ("txt", f"photo {s} {i}".encode())):
-                    info = tarfile.TarInfo(f"k{s}_{i}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        members = []
+        for i in range(per):
+            noise = torch.randint(0, 256, (side * 3 // 4, side, 3), generator=g, dtype=torch.uint8)
+            out = io.BytesIO()
+            Image.fromarray(noise.numpy()).filter(ImageFilter.BLUR).save(out, "JPEG", quality=90)
+            members += [(f"k{s}_{i}.jpg", out.getvalue()), (f"k{s}_{i}.txt", f"photo {s} {i}".encode())]
+        write_tar(root / f"{side}-{s}.tar", members)
     return f"{root}/{side}-{{0..{n - 1}}}.tar"
 
 
@@ -121,14 +118,12 @@ def test_device_decoding_path_equals_the_cpu_path(tmp_path, monkeypatch):
     from clipa.data.decode import DeviceDecoder
 
     source = shards(tmp_path, 64)
-    with tarfile.open(tmp_path / "png.tar", "w") as tar:
-        for i in range(4):
-            out = io.BytesIO()
-            Image.new("RGB", (70, 50), (40 * i, 90, 200)).save(out, "PNG")
-            for ext, data in (("png", out.getvalue()), ("txt", b"a flat colour")):
-                info = tarfile.TarInfo(f"p{i}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    members = []
+    for i in range(4):
+        out = io.BytesIO()
+        Image.new("RGB", (70, 50), (40 * i, 90, 200)).save(out, "PNG")
+        members += [(f"p{i}.png", out.getvalue()), (f"p{i}.txt", b"a flat colour")]
+    write_tar(tmp_path / "png.tar", members)
     source += f"::{tmp_path}/png.tar"
     monkeypatch.setattr(loader_module, "DeviceDecoder", lambda size, data, device: DeviceDecoder(size, data, "cpu"))
     augment = {"color_jitter": (0.4, 0.4, 0.4, 0.1), "grayscale_prob": 0.3, "workers": 2}

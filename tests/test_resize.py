@@ -17,6 +17,7 @@ from PIL import Image
 from clipa.cli import main
 from clipa.data import resize as resize_module
 from clipa.data.resize import output_name, resize
+from test_data import write_tar
 
 
 def jpeg(seed: int, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
@@ -24,14 +25,6 @@ def jpeg(seed: int, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def sample(key: str, seed: int, size=(160, 120), ext: str = "jpg") -> list[tuple[str, bytes]]:
