@@ -54,7 +54,7 @@ def main() -> None:
 
     model = clipa.create_model("ViT-B-16", vision={"layers": args.layers}, text={"layers": args.layers})
     model.train()
-    model.visual.generator = torch.Generator().manual_seed(0)
+    masking = torch.Generator().manual_seed(0)
     cfg = model.cfg
     full_size, patch, ctx = cfg.vision.image_size, cfg.vision.patch_size, cfg.text.context_length
     n = (full_size // patch) ** 2
@@ -85,9 +85,9 @@ def main() -> None:
 
     def step(strategy: str | None) -> tuple[float, float]:
         size, red, _, length = setting(strategy)
-        if model.visual.cfg.image_size != size:
+        if model.visual.image_size != size:
             model.visual.set_image_size(size)  # as the trainer does for a resize stage
-        model.visual.reduction = red
+        model.visual.set_token_reduction(red, masking)
         x = images if size == full_size else torch.nn.functional.interpolate(images, size=size)
         t = text[:, -length:]  # ends in eot, like a reduced caption
         model.zero_grad(set_to_none=True)

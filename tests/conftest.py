@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Nothing downloads in tests: huggingface_hub (read at its import, which comes later) stays offline.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 SHARED = Path(os.environ.get("CLIPA_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 

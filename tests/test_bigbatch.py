@@ -17,6 +17,7 @@ from clipa.loss import clip_loss, sigmoid_loss, tiled_clip_loss
 
 B, K = 16, 4
 MB = B // K
+MASKING = torch.Generator()  # the vision tower's masking generator, replayed by forward_backward
 
 
 def small_model(**overrides) -> clipa.CLIP:
@@ -28,8 +29,7 @@ def small_model(**overrides) -> clipa.CLIP:
         text={"context_length": 8, "width": 32, "heads": 2, "layers": 2, "vocab_size": 100},
         **overrides,
     )
-    model.visual.reduction = ImageReductionConfig(strategy="random", ratio=0.5)
-    model.visual.generator = torch.Generator()
+    model.visual.set_token_reduction(ImageReductionConfig(strategy="random", ratio=0.5), MASKING)
     return model.train()
 
 
@@ -41,7 +41,7 @@ def batch(n: int = B) -> tuple[torch.Tensor, torch.Tensor]:
 def grads_of(model, step) -> tuple[float, dict[str, torch.Tensor]]:
     """Run ``step(model)`` from zero gradients and a fixed masking seed."""
     model.zero_grad(set_to_none=True)
-    model.visual.generator.manual_seed(0)
+    MASKING.manual_seed(0)
     torch.manual_seed(123)
     loss = step(model)
     return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -54,9 +54,9 @@ def assert_grads_close(got: dict, ref: dict, rtol: float = 1e-5) -> None:
         assert err <= rtol * r.abs().max().item(), f"{name}: max error {err:.3g} vs max |grad| {r.abs().max():.3g}"
 
 
-def step(loss_fn=clip_loss, microbatch_size=None, **kw):
+def step(loss_fn=clip_loss, microbatch_size=None, generators=(MASKING,), **kw):
     images, tokens = batch()
-    return lambda m: forward_backward(m, images, tokens, loss_fn, microbatch_size, **kw)
+    return lambda m: forward_backward(m, images, tokens, loss_fn, microbatch_size, generators=generators, **kw)
 
 
 @pytest.mark.parametrize("loss_fn", [clip_loss, tiled_clip_loss], ids=["naive", "tiled"])
@@ -74,11 +74,20 @@ def test_masking_is_live_so_the_comparison_is_sensitive():
     model = small_model()
     _, ref = grads_of(model, step())
     model.zero_grad(set_to_none=True)
-    model.visual.generator.manual_seed(1)
+    MASKING.manual_seed(1)
     images, tokens = batch()
     forward_backward(model, images, tokens, clip_loss)
     with pytest.raises(AssertionError):
         assert_grads_close({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, ref)
+
+
+def test_masking_generator_is_replayed_only_when_passed():
+    """Re-run microbatches draw fresh masks unless the step is given the tower's generator."""
+    model = small_model()
+    _, ref = grads_of(model, step())
+    _, got = grads_of(model, step(microbatch_size=MB, generators=()))
+    with pytest.raises(AssertionError):
+        assert_grads_close(got, ref)
 
 
 def test_uneven_microbatches_and_sigmoid_loss_with_bias():
@@ -104,11 +113,11 @@ def test_naive_accumulation_gets_temperature_gradient_k_times():
         states, cache = [], []
         with torch.no_grad():
             for x, t in chunks:
-                states.append((torch.get_rng_state(), m.visual.generator.get_state()))
+                states.append((torch.get_rng_state(), MASKING.get_state()))
                 cache.append(m(x, t)[:2])
         for j, (x, t) in enumerate(chunks):
             torch.set_rng_state(states[j][0])
-            m.visual.generator.set_state(states[j][1])
+            MASKING.set_state(states[j][1])
             img_j, txt_j, *_ = m(x, t)
             img = torch.cat([c[0] for c in cache[:j]] + [img_j] + [c[0] for c in cache[j + 1:]])
             txt = torch.cat([c[1] for c in cache[:j]] + [txt_j] + [c[1] for c in cache[j + 1:]])

@@ -96,7 +96,7 @@ def test_weights_file_needs_a_model_name(run, tmp_path):
     with pytest.raises(ValueError, match="is a weights file"):
         ckpt.load_model(weights)
     cfg = load_config(None, TINY)
-    assert_same_weights(ckpt.create_model("clipa-tiny", pretrained=weights, **cfg.model_overrides), ref)
+    assert_same_weights(clipa.create_model("clipa-tiny", pretrained=weights, **cfg.model_overrides), ref)
     torch.manual_seed(1)
     plain = clipa.create_model("clipa-tiny")
     torch.save({"state_dict": {f"module.{k}": v for k, v in plain.state_dict().items()}}, tmp_path / "w.pt")

@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from collections import Counter
@@ -21,7 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipa.config import DataConfig
+import clipa
+from clipa.config import DataConfig, TextReductionConfig
 from clipa.data import (
     CLIP_MEAN,
     CLIP_STD,
@@ -35,6 +38,7 @@ from clipa.data.samples import DecodeOptions, decode_image
 from clipa.data.sources import load_source
 from clipa.data.tar import ShardError, iter_groups, iter_members
 from clipa.data.transforms import draft_size, normalise, train_pixels
+from clipa.reduction.text import CaptionTokenizer
 
 # ----------------------------------------------------------------------------- shard builders
 
@@ -458,6 +462,93 @@ def test_loader_batches_are_uint8_images(tmp_path):
     assert batch["text"].shape == (3, 4) and len(batch["keys"]) == 3
     images = normalise(batch["images"])
     assert images.dtype == torch.float32 and -2.0 < images.min() and images.max() < 2.7
+
+
+_WORKERS_UNDER = """
+import sys
+import torch
+import torch.multiprocessing as mp
+from clipa import get_tokenizer
+from clipa.config import DataConfig, TextReductionConfig
+from clipa.data import build_train_loader
+from clipa.reduction.text import CaptionTokenizer
+
+if __name__ == "__main__":
+    source, out = sys.argv[1], sys.argv[2]
+    tokenize = CaptionTokenizer(get_tokenizer("ViT-B-32"), 5, TextReductionConfig("syntax"), seed=1)
+    runs = {}
+    for method in ("spawn", "fork"):
+        mp.set_start_method(method, force=True)
+        loader = build_train_loader(DataConfig(source=source, workers=2, shuffle_buffer=3), 16, 2, tokenize, seed=4)
+        it = iter(loader)
+        runs[method] = [next(it) for _ in range(6)]
+    torch.save(runs, out)
+"""
+
+
+def test_two_loader_workers_under_spawn_with_syntax_text_masking(tmp_path):
+    """The caption tokenizer and the rest of a worker's dataset pickle, so workers start under
+    ``spawn`` (macOS, Windows) as under ``fork``: the same batches, and text rows equal to the
+    syntax rule run in this process on each batch's captions."""
+    source = good_shards(tmp_path, 4, 3)
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_UNDER)
+    out = tmp_path / "batches.pt"
+    proc = subprocess.run([sys.executable, str(script), source, str(out)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = torch.load(out, weights_only=True)
+    tokenize = CaptionTokenizer(clipa.get_tokenizer("ViT-B-32"), 5, TextReductionConfig("syntax"), seed=1)
+    assert len(runs["spawn"]) == len(runs["fork"]) == 6
+    for spawned, forked in zip(runs["spawn"], runs["fork"]):
+        assert spawned["keys"] == forked["keys"]
+        assert torch.equal(spawned["images"], forked["images"]) and torch.equal(spawned["text"], forked["text"])
+        # key s{shard}_{i} has the caption "a photo number {1000 * shard + i}"
+        captions = [f"a photo number {1000 * int(k[1:].split('_')[0]) + int(k.split('_')[1])}"
+                    for k in spawned["keys"]]
+        assert torch.equal(spawned["text"], tokenize(captions))
+    assert {k for b in runs["spawn"] for k in b["keys"]} == {f"s{s}_{i}" for s in range(4) for i in range(3)}
+
+
+# ----------------------------------------------------------------------------- built-in sources
+
+
+def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
+    """build_train_loader serves ``digits`` like any source: uint8 images normalised with the
+    digits' own mean and std (0.5), stats,
+    a JSON state that continues exactly, and a state from another setup refused."""
+    from clipa.data.loader import BUILT_IN, Loader
+
+    assert "digits" in BUILT_IN
+    loader = build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3)
+    assert isinstance(loader, Loader) and loader.stats() == {}
+    it = iter(loader)
+    first = [next(it) for _ in range(2)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    rest = [next(it) for _ in range(3)]
+    images = first[0]["images"]
+    assert images.dtype == torch.float32 and images.shape == (8, 3, 16, 16)
+    grey = images * 0.5 + 0.5
+    levels = grey * 255
+    torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)  # normalised from uint8
+    torch.testing.assert_close(grey[:, 0], grey[:, 2], atol=1e-5, rtol=0)  # grey: R = G = B
+    assert levels.round().min() == 0 and levels.round().max() > 200  # black background, white strokes
+    resumed = iter(build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3, state=state))
+    for want in rest:
+        got = next(resumed)
+        assert got["keys"] == want["keys"] and torch.equal(got["images"], want["images"])
+    with pytest.raises(ValueError, match="global_batch: saved 8, now 16"):
+        build_train_loader(DataConfig(source="digits"), 16, 16, zero_tokens, seed=3, state=state)
+    with pytest.raises(ValueError, match="loader state version"):
+        build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3, state={"epoch": 0, "offset": 8})
+
+
+def test_digits_ranks_slice_the_one_process_batch():
+    whole = next(iter(build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=0)))
+    halves = [next(iter(build_train_loader(DataConfig(source="digits"), 16, 4, zero_tokens, seed=0, rank=r,
+                                           world_size=2))) for r in (0, 1)]
+    assert whole["keys"] == halves[0]["keys"] + halves[1]["keys"]
+    assert torch.equal(whole["images"], torch.cat([h["images"] for h in halves]))
 
 
 # ----------------------------------------------------------------------------- tools

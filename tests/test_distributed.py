@@ -227,4 +227,4 @@ def test_torchrun_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("zero-shot top-1") == 1  # printed by rank 0 only
     model, _ = ckpt.load_model(tmp_path)
-    assert model.visual.cfg.image_size == 16
+    assert model.visual.image_size == 16

@@ -63,7 +63,7 @@ def test_agrees_with_flop_counter(name, size, ratio, length):
     reduction = ImageReductionConfig(strategy="random", ratio=ratio)
     kept = num_kept(reduction, n)
     model.train()
-    model.visual.reduction = reduction
+    model.visual.set_token_reduction(reduction)
     b = 2
     images = torch.randn(b, 3, size, size)
     text = torch.randint(1, 1000, (b, length))

@@ -174,7 +174,7 @@ def test_device_decoding_without_a_gpu_or_codec_is_one_line(tmp_path, monkeypatc
 def test_a_stage_with_its_own_data_source_trains(tmp_path, monkeypatch):
     """A low-resolution stage reads shards made by ``clipa data resize``; the next stage reads
     the run's originals. Each stage's loader is built on its own source, and the run trains."""
-    import clipa.data as data_module
+    import clipa.train.trainer as trainer_module
     from clipa.config import StageConfig, from_dict, load_config
     from clipa.data.resize import resize
     from clipa.train.trainer import Trainer
@@ -190,12 +190,12 @@ def test_a_stage_with_its_own_data_source_trains(tmp_path, monkeypatch):
     cfg.stages.append(from_dict(StageConfig, {"name": "full", "image_size": 24, "samples": 16, "batch_size": 8,
                                               "warmup": 1, "text_length": 8}))
     read = []
-    real = data_module.build_train_loader
+    real = trainer_module.build_train_loader
 
     def spy(data, image_size, *args, **kwargs):
         read.append((data.source, image_size))
         return real(data, image_size, *args, **kwargs)
 
-    monkeypatch.setattr(data_module, "build_train_loader", spy)
+    monkeypatch.setattr(trainer_module, "build_train_loader", spy)
     Trainer(cfg).fit()
     assert read == [(small, 16), (original, 24)]

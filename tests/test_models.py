@@ -31,7 +31,7 @@ def test_openclip_weights_load_strict_and_embeddings_match(name, layers):
         assert v.shape == ref_sd[k].shape, k
     ours.load_state_dict(ref_sd, strict=True)
 
-    size = ours.visual.cfg.image_size
+    size = ours.visual.image_size
     images = torch.randn(2, 3, size, size)
     ctx = ours.context_length
     text = torch.randint(1, ours.text_cfg.vocab_size - 2, (2, ctx))

@@ -4,9 +4,11 @@ in the tokenizer's format, and syntax masking against OpenCLIP + NLTK and with n
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import pytest
 import torch
@@ -14,9 +16,9 @@ import torch
 import clipa
 from clipa.config import ImageReductionConfig as Img
 from clipa.config import TextReductionConfig as Txt
-from clipa.reduction.image import keep_indices, resize_image_size
+from clipa.reduction.image import TokenReduction, keep_indices, resize_image_size
 from clipa.reduction.tagger import builtin_tag
-from clipa.reduction.text import reduce_text, syntax_texts
+from clipa.reduction.text import CaptionTokenizer, reduce_text, syntax_texts
 
 CPU = torch.device("cpu")
 CAPTION = "a photo of a big red dog running on the green grass"  # 12 CLIP tokens, one per word
@@ -101,13 +103,12 @@ def test_vision_tower_keeps_class_token_gathers_kept_patches_and_is_a_no_op_in_e
     vis.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     model.eval()
     full = vis(images)
-    vis.reduction = Img(strategy, ratio=0.75)
-    vis.generator = gen(1)
+    vis.set_token_reduction(Img(strategy, ratio=0.75), gen(1))
     assert torch.equal(vis(images), full)  # eval: every token
     vis.train()
     vis(images)
     x = seen[-1]
-    idx = keep_indices(vis.reduction, 3, (8, 8), CPU, gen(1))
+    idx = keep_indices(Img(strategy, ratio=0.75), 3, (8, 8), CPU, gen(1))
     assert idx.shape[1] == 16  # 25% of 64
     with torch.no_grad():
         patches = vis.conv1(images).flatten(2).transpose(1, 2) + vis.positional_embedding[1:]
@@ -115,6 +116,43 @@ def test_vision_tower_keeps_class_token_gathers_kept_patches_and_is_a_no_op_in_e
         want = vis.ln_pre(torch.cat([cls.expand(3, 1, -1), patches.gather(1, idx[..., None].expand(-1, -1, 128))], 1))
     assert x.shape == (3, 17, 128)
     torch.testing.assert_close(x, want, rtol=0, atol=1e-6)
+
+
+def test_token_reduction_is_the_towers_module_and_follows_its_mode():
+    """Set in eval mode it stays off until train(); None keeps every patch; the model config
+    is never written."""
+    model = clipa.create_model("clipa-tiny").eval()
+    vis, images = model.visual, torch.randn(2, 3, 32, 32)
+    vis.set_token_reduction(Img("random", ratio=0.5), gen(0))
+    assert isinstance(vis.token_reduction, TokenReduction) and not vis.token_reduction.training
+    seen = []
+    vis.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    vis(images)
+    model.train()
+    vis(images)
+    vis.set_token_reduction(None)
+    vis(images)
+    assert seen == [65, 33, 65]  # class token + 64, + 32, + 64
+    assert model.cfg.vision == clipa.create_model("clipa-tiny").cfg.vision
+    assert dict(model.state_dict()).keys() == dict(clipa.create_model("clipa-tiny").state_dict()).keys()
+
+
+def test_setters_change_the_tower_not_the_shared_config():
+    model = clipa.create_model("clipa-tiny")  # 32 px, text 16
+    model.visual.set_image_size(48)
+    model.set_context_length(8)
+    assert (model.visual.image_size, model.context_length) == (48, 8)
+    assert (model.cfg.vision.image_size, model.cfg.text.context_length) == (32, 16)
+    assert model.visual.positional_embedding.shape[0] == 12 * 12 + 1
+
+
+def test_unknown_strategies_name_the_valid_ones():
+    with pytest.raises(ValueError, match="none, resize, random, grid, block"):
+        keep_indices(Img("patchy"), 1, (4, 4), CPU)
+    with pytest.raises(ValueError, match="none, resize, random, grid, block"):
+        TokenReduction(Img("patchy"))
+    with pytest.raises(ValueError, match="truncate, random, block, syntax"):
+        reduce_text(["a dog"], clipa.get_tokenizer("ViT-B-32"), 8, Txt("shuffle"))
 
 
 # ----------------------------------------------------------------------------- text rules
@@ -157,6 +195,19 @@ def test_block_keeps_one_contiguous_run(tok):
         assert start, kept
         starts.add(start[0])
     assert len(starts) > 3
+
+
+def test_caption_tokenizer_seeds_each_batch_by_its_captions_and_pickles(tok):
+    """The loaders' tokenize step: the generator is seeded by seed * 2^32 + crc32 of the
+    captions joined by \x1f, so a batch's draws need no state; a pickled copy (a spawned
+    loader worker) gives the same rows."""
+    captions = [CAPTION, "a small brown dog jumps over a log in the park today"]
+    tokenize = CaptionTokenizer(tok, 8, Txt("random"), seed=3)
+    digest = zlib.crc32(f"{captions[0]}\x1f{captions[1]}".encode())
+    want = reduce_text(captions, tok, 8, Txt("random"), gen(3 * 2**32 + digest))
+    assert torch.equal(tokenize(captions), want)
+    assert torch.equal(pickle.loads(pickle.dumps(tokenize))(captions), want)
+    assert not torch.equal(tokenize(captions[::-1]), want.flip(0))  # another batch, other draws
 
 
 def test_short_captions_pass_whole_and_rows_are_padded(tok):

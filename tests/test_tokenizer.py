@@ -182,10 +182,15 @@ def test_bert_attributes_and_config_lookup(bert_dir, monkeypatch):
 
 
 def test_bert_missing_files_error_is_clear(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.delenv(BERT_ENV, raising=False)
-    with pytest.raises(FileNotFoundError) as err:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError) as err:  # nothing configured, bert-base-uncased not cached, offline
         clipa.get_tokenizer("ViT-H-14-CLIPA")
-    for needed in ("text.tokenizer_path", BERT_ENV, "vocab.txt", "tokenizer.json", "never downloads"):
+    for needed in ("bert-base-uncased", "HF_HUB_OFFLINE=1", "text.tokenizer_path", BERT_ENV, "vocab.txt",
+                   "tokenizer.json"):
         assert needed in str(err.value)
     monkeypatch.setenv(BERT_ENV, str(tmp_path))  # a folder without the files
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*{BERT_ENV}.*neither tokenizer.json nor vocab.txt"):

@@ -41,7 +41,7 @@ def test_two_stages_change_shapes_write_checkpoints_and_evaluate(tmp_path):
     assert trainer.model.context_length == 12
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
     model, run_cfg = ckpt.load_model(latest)
-    assert model.visual.cfg.image_size == 24 and model.context_length == 12
+    assert model.visual.image_size == 24 and model.context_length == 12
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert [json.loads(x)["stage_name"] for x in lines] == ["digits", "bigger"]
 
@@ -144,7 +144,7 @@ def test_resume_at_a_stage_boundary_moves_to_the_next_stage_afresh(tmp_path, mon
         crashing.fit()
     resumed = Trainer(cfg(tmp_path / "b", "train.resume=latest"))
     resumed.fit()
-    assert resumed.model.visual.cfg.image_size == 24
+    assert resumed.model.visual.image_size == 24
     a, b = _params(straight.model), _params(resumed.model)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

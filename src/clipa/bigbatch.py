@@ -15,7 +15,7 @@ adds the temperature's full gradient K times (tests/test_bigbatch.py shows it).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,23 +23,22 @@ import torch.nn as nn
 from .loss import LossFn
 
 
-def _rng_state(model: nn.Module, device: torch.device) -> dict:
-    """Every random source a forward pass may draw from: torch's CPU and CUDA generators
-    and the vision tower's own masking generator, if it has one."""
-    gen = getattr(getattr(model, "visual", None), "generator", None)
+def _rng_state(device: torch.device, generators: Sequence[torch.Generator]) -> dict:
+    """Every random source a forward pass may draw from: torch's CPU and CUDA generators and
+    the caller's own (the vision tower's masking generator)."""
     return {
         "cpu": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "visual": gen.get_state() if gen is not None else None,
+        "generators": [g.get_state() for g in generators],
     }
 
 
-def _set_rng_state(model: nn.Module, device: torch.device, state: dict) -> None:
+def _set_rng_state(device: torch.device, generators: Sequence[torch.Generator], state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
-    if state["visual"] is not None:
-        model.visual.generator.set_state(state["visual"])
+    for g, s in zip(generators, state["generators"]):
+        g.set_state(s)
 
 
 def forward_backward(
@@ -49,6 +48,7 @@ def forward_backward(
     loss_fn: LossFn,
     microbatch_size: int | None = None,
     no_sync: Callable[[], ContextManager] | None = None,
+    generators: Sequence[torch.Generator] = (),
 ) -> float:
     """One optimizer step's forward and backward: fills ``.grad`` of every parameter and
     returns the loss. The step is ``loss_fn(*model(images, tokens))``: the model returns
@@ -60,6 +60,8 @@ def forward_backward(
     microbatch (see the module docstring). ``no_sync`` is a context factory (DDP's
     ``model.no_sync``) entered around the backward of all but the last microbatch, so
     gradients are reduced once; the temperature's gradient is added in that last backward.
+    ``generators`` are the random sources besides torch's own that the forward draws from
+    (the generator given to ``set_token_reduction``): each microbatch's re-run replays them.
     """
     batch = images.shape[0]
     if microbatch_size is None or microbatch_size >= batch:
@@ -72,7 +74,7 @@ def forward_backward(
     states, imgs, txts = [], [], []
     with torch.no_grad():
         for x, t in chunks:
-            states.append(_rng_state(core, x.device))
+            states.append(_rng_state(x.device, generators))
             img, txt, *temps = model(x, t)  # every microbatch returns the same temperature and bias
             imgs.append(img)
             txts.append(txt)
@@ -87,7 +89,7 @@ def forward_backward(
 
     last = len(chunks) - 1
     for i, ((x, t), state) in enumerate(zip(chunks, states)):
-        _set_rng_state(core, x.device, state)
+        _set_rng_state(x.device, generators, state)
         with no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext():
             img, txt, *temps = model(x, t)
             surrogate = (img * img_grads[i]).sum() + (txt * txt_grads[i]).sum()

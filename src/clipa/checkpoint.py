@@ -17,7 +17,7 @@ a resume under the same number of processes continues every rank exactly.
 ``resolve`` is the one place that decides what a path names (torchtitan's
 ``_find_load_step``): a run folder, its ``checkpoints/`` folder, a step folder or a bare
 weights file (OpenCLIP's, or an export). Everything that loads (``load_model``,
-``create_model(pretrained=...)``, the trainer's resume) goes through it, so a sharded step
+``clipa.create_model(pretrained=...)``, the trainer's resume) goes through it, so a sharded step
 folder works wherever a single-file one does. Only safe formats are read: safetensors, and
 torch files with ``weights_only=True``.
 """
@@ -147,13 +147,11 @@ def run_config(found: Found) -> RunConfig | None:
     return from_dict(RunConfig, json.loads((found.path / "state.json").read_text())["config"])
 
 
-def create_model(name: str, pretrained: str | Path | None = None, **overrides: Any) -> CLIP:
-    """A registered model (``models.create_model``), with weights from ``pretrained`` if
-    given: anything ``resolve`` accepts. The weights' position tables are resized to the
-    model's image grid and text length (OpenCLIP weights at another resolution)."""
-    model = build_model(name, **overrides)
-    if pretrained is not None:
-        model.load_state_dict(adapt_state_dict(read_weights(pretrained), model), strict=True)
+def load_pretrained(model: CLIP, path: str | Path) -> CLIP:
+    """Load the weights of anything ``resolve`` accepts into ``model`` (OpenCLIP or clipa
+    layout, strict); the weights' position tables are resized to the model's image grid and
+    text length (OpenCLIP weights at another resolution)."""
+    model.load_state_dict(adapt_state_dict(read_weights(path), model), strict=True)
     return model
 
 
@@ -167,7 +165,7 @@ def load_model(path: str | Path, model_name: str | None = None) -> tuple[CLIP, R
     found = resolve(path)
     cfg = run_config(found)
     if model_name is not None:
-        return create_model(model_name, pretrained=found.path).eval(), cfg
+        return load_pretrained(build_model(model_name), found.path).eval(), cfg
     if cfg is None:
         raise ValueError(f"{found.path} is a weights file: name its architecture (e.g. --model ViT-B-32)")
     model = build_model(cfg.model, **cfg.model_overrides)

@@ -308,6 +308,24 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases logging (``pip install 'clipa[wandb]'``); the keys are ``wandb.init``'s."""
+
+    project: str = "clipa"
+    """The wandb project."""
+    name: str | None = None
+    """The run's display name; None = wandb's."""
+    entity: str | None = None
+    """Team or user; None = the logged-in user's default."""
+    group: str | None = None
+    """Runs grouped together in the wandb interface."""
+    tags: list[str] = field(default_factory=list)
+    """Labels shown on the run."""
+    mode: Literal["online", "offline", "disabled"] | None = None
+    """None = $WANDB_MODE, else online."""
+
+
+@dataclass
 class TrainConfig:
     """How the run executes: device, precision, loss, parallelism, checkpoints, logs."""
 
@@ -343,6 +361,8 @@ class TrainConfig:
     """Consecutive non-finite losses before stopping."""
     progress: bool = True
     """Show a progress bar."""
+    wandb: WandbConfig | None = None
+    """Also log scalars to Weights & Biases (TensorBoard always)."""
 
 
 @dataclass

@@ -169,7 +169,8 @@ def full_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Modul
     """``model`` itself, or under FSDP a plain unsharded copy on every rank (a collective).
 
     For evaluation on rank 0 and for the next stage, which changes the image and text
-    position tables and so needs whole tensors; the copy shares the masking generator.
+    position tables and so needs whole tensors; the copy has no token reduction (the trainer
+    sets each stage's).
     """
     if not is_sharded(model):
         return model
@@ -179,8 +180,6 @@ def full_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Modul
     with torch.device(info.device):
         plain = CLIP(model.cfg)
     load_weights(plain, sd)
-    plain.visual.generator = model.visual.generator
-    plain.visual.reduction = model.visual.reduction
     return plain.train(model.training)
 
 

@@ -52,7 +52,7 @@ def openclip_config(model: Any) -> dict:
     """OpenCLIP's ``open_clip_config.json`` content for a clipa model at its current sizes."""
     cfg, v, t = model.cfg, model.cfg.vision, model.cfg.text
     top, vision_act, text_act = _act_fields(v.act, t.act)
-    vision = {"image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers,
+    vision = {"image_size": model.visual.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers,
               "head_width": v.head_width, "mlp_ratio": v.mlp_ratio, "no_ln_pre": not v.ln_pre,
               "pool_type": v.pool, "final_ln_after_pool": v.final_ln_after_pool,
               "pos_embed_type": "sin_cos_2d" if v.pos_embed == "sincos" else "learnable", **vision_act}
@@ -65,7 +65,7 @@ def openclip_config(model: Any) -> dict:
     model_cfg = {"embed_dim": cfg.embed_dim, **top, "vision_cfg": vision, "text_cfg": text}
     if getattr(model, "logit_bias", None) is not None:
         model_cfg["init_logit_bias"] = model.logit_bias.item()
-    preprocess = {"size": v.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+    preprocess = {"size": model.visual.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
                   "interpolation": "bicubic", "resize_mode": "shortest"}
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
 
@@ -110,7 +110,7 @@ def hf_config(model: Any):
             "layer_norm_eps": 1e-5, "projection_dim": e, "bos_token_id": 49406, "eos_token_id": 49407,
             "pad_token_id": 0}
     vision = {"hidden_size": v.width, "intermediate_size": int(v.width * v.mlp_ratio),
-              "num_hidden_layers": v.layers, "num_attention_heads": v.heads, "image_size": v.image_size,
+              "num_hidden_layers": v.layers, "num_attention_heads": v.heads, "image_size": model.visual.image_size,
               "patch_size": v.patch_size, "hidden_act": _HF_ACT[v.act], "layer_norm_eps": 1e-5,
               "projection_dim": e, "num_channels": 3}
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=e,
@@ -171,7 +171,7 @@ def _hf_processor(model: Any, out: Path):
     # Pads with end-of-text (as OpenAI's hub tokenizer; OpenCLIP pads with 0): the causal text
     # tower pools the first end-of-text, so padding never changes an embedding.
     tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=model.context_length)
-    size = model.visual.cfg.image_size
+    size = model.visual.image_size
     images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                 image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3)
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)

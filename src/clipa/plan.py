@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .config import RunConfig
 from .flops import pair_flops
 from .models.registry import get_model_config
-from .reduction.image import num_seen, stage_image_size
+from .train.stage import resolve_stage
 
 A100_BF16_TFLOPS = 312.0
 CLIPA_V2_MFU = 0.27
@@ -48,16 +48,13 @@ def plan_run(cfg: RunConfig, accelerator_tflops: float = A100_BF16_TFLOPS, mfu: 
     flops_per_hour = accelerator_tflops * 1e12 * mfu * 3600
     plans = []
     for stage in cfg.stages:
-        size = stage_image_size(stage.image_reduction, stage.image_size, model.vision.image_size,
-                                model.vision.patch_size)
-        grid = size // model.vision.patch_size
-        f = pair_flops(model, size, num_seen(stage.image_reduction, (grid, grid)),
-                       stage.text_length or model.text.context_length)
+        r = resolve_stage(stage, model)
+        f = pair_flops(model, r.image_size, r.seen_patches, r.text_length)
         total = f.train_step * stage.samples
         hours = total / flops_per_hour
         plans.append(StagePlan(
-            name=stage.name, image_size=size, image_tokens=f.image_tokens, text_tokens=f.text_tokens,
-            samples=stage.samples, steps=-(-stage.samples // stage.batch_size), step_flops=f.train_step,
+            name=stage.name, image_size=r.image_size, image_tokens=f.image_tokens, text_tokens=f.text_tokens,
+            samples=stage.samples, steps=r.steps, step_flops=f.train_step,
             flops=total, hours=hours, cost=hours * usd_per_hour,
         ))
     return plans

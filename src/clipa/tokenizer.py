@@ -4,8 +4,9 @@ Two kinds, picked by ``cfg.text.tokenizer``:
 
 - ``"clip"``: OpenAI CLIP's byte-level BPE (49,408 tokens) built from the merges file shipped in
   ``clipa/assets``; rows ``[sot, ids..., eot, 0...]`` like ``open_clip.SimpleTokenizer``.
-- ``"bert"``: BERT uncased WordPiece (CLIPA-v2), read from local files only (nothing downloads);
-  rows ``[CLS, ids..., 0...]`` like OpenCLIP's ``HFTokenizer(strip_sep_token=True)``, whose
+- ``"bert"``: BERT uncased WordPiece (CLIPA-v2), from ``text.tokenizer_path`` or
+  ``$CLIPA_BERT_TOKENIZER`` (a file, a folder or a hub id), else ``bert-base-uncased`` through the
+  Hugging Face hub cache; rows ``[CLS, ids..., 0...]`` like OpenCLIP's ``HFTokenizer(strip_sep_token=True)``, whose
   ``[SEP]`` becomes 0.
 
 Cleaning is OpenCLIP's (ftfy, HTML unescape twice, whitespace collapse, and lower case for CLIP),
@@ -26,6 +27,8 @@ from typing import Iterable
 import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+from .hubfile import DEFAULT_BERT, HubError, fetch, is_repo_id
 
 BERT_ENV = "CLIPA_BERT_TOKENIZER"
 _SOT, _EOT = "<start_of_text>", "<end_of_text>"
@@ -161,25 +164,28 @@ def clip_tokenizer(context_length: int = 77) -> ClipTokenizer:
     return ClipTokenizer(context_length)
 
 
-def _bert_file(path: str | Path | None) -> Path:
-    """The tokenizer.json or vocab.txt to read, from ``path`` or else $CLIPA_BERT_TOKENIZER."""
+def bert_tokenizer_file(path: str | Path | None) -> Path:
+    """The tokenizer.json or vocab.txt to read: ``path`` (text.tokenizer_path), else $CLIPA_BERT_TOKENIZER,
+    else bert-base-uncased from the Hugging Face hub (its cache). Each may be a file, a folder or a hub id."""
     how = "set text.tokenizer_path in the model config or the CLIPA_BERT_TOKENIZER environment " \
           "variable to a folder with bert-base-uncased's tokenizer.json or vocab.txt, or to that file"
     source = f"text.tokenizer_path={str(path)!r}" if path else f"{BERT_ENV}={os.environ.get(BERT_ENV)!r}"
-    path = path or os.environ.get(BERT_ENV)
-    if not path:
-        raise FileNotFoundError("the BERT WordPiece tokenizer (CLIPA models) is read from local files "
-                                f"and none were given (clipa never downloads): {how}")
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
+    path = str(path or os.environ.get(BERT_ENV) or DEFAULT_BERT)
+    local = Path(path).expanduser()
+    if local.is_file():
+        return local
+    if local.is_dir():
         for name in ("tokenizer.json", "vocab.txt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"BERT tokenizer folder {path} (from {source}) holds neither "
+            if (local / name).is_file():
+                return local / name
+        raise FileNotFoundError(f"BERT tokenizer folder {local} (from {source}) holds neither "
                                 f"tokenizer.json nor vocab.txt: {how}")
-    raise FileNotFoundError(f"BERT tokenizer path {path} (from {source}) does not exist: {how}")
+    if is_repo_id(path.split("@")[0]):
+        try:
+            return fetch(path, ("tokenizer.json", "vocab.txt"), what="the BERT WordPiece tokenizer of CLIPA models")
+        except HubError as e:
+            raise HubError(f"{e}; or {how}") from None
+    raise FileNotFoundError(f"BERT tokenizer path {local} (from {source}) does not exist: {how}")
 
 
 @lru_cache(maxsize=None)
@@ -198,13 +204,13 @@ def _bert_backend(file: Path) -> Tokenizer:
 
 
 def bert_tokenizer(path: str | Path | None = None, context_length: int = 32) -> TextTokenizer:
-    """OpenCLIP's ``HFTokenizer("bert-base-uncased", strip_sep_token=True)`` from local files.
+    """OpenCLIP's ``HFTokenizer("bert-base-uncased", strip_sep_token=True)``.
 
     Its rows are ``[CLS] ids [SEP]`` padded and truncated like CLIP's, then every ``[SEP]`` set to 0,
     so the end-of-text id here is 0.
     """
-    file = _bert_file(path)
-    tok = _bert_backend(file.resolve())
+    file = bert_tokenizer_file(path)
+    tok = _bert_backend(file.absolute())  # not resolve(): hub cache files link to blobs without a suffix
     ids = {t: tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
     missing = [t for t, i in ids.items() if i is None]
     if missing or not isinstance(tok.model, models.WordPiece):
@@ -219,15 +225,15 @@ def get_tokenizer(name: str, context_length: int | None = None) -> TextTokenizer
     from .models import get_model_config
 
     text = get_model_config(name).text
-    return _for_text(text, context_length or text.context_length)
+    return text_tokenizer(text, context_length or text.context_length)
 
 
 def tokenizer_for(model) -> TextTokenizer:
     """The tokenizer matching a built model's text config at its current context length."""
-    return _for_text(model.cfg.text, model.context_length)
+    return text_tokenizer(model.cfg.text, model.context_length)
 
 
-def _for_text(text, context_length: int) -> TextTokenizer:
+def text_tokenizer(text, context_length: int) -> TextTokenizer:
     """The tokenizer a ``TextConfig`` names (``clip`` or ``bert``), at ``context_length``."""
     if text.tokenizer == "bert":
         return bert_tokenizer(text.tokenizer_path, context_length)

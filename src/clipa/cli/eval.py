@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_model
 from ..data.eval_sets import IMAGENET_VARIANTS, imagenet_set, open_data
 from ..data.transforms import build_eval_transform
 from ..distributed import resolve_device
 from ..eval.runner import TASKS, default_task, evaluate_set, format_table, result_record, write_result
+from ..hub import load
 from ..tokenizer import tokenizer_for
 from ..train.evaluate import evaluate_during_training
 
@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "eval", help="evaluate a checkpoint: zero-shot, retrieval or linear probe",
         description="Evaluate a clipa checkpoint folder, or an OpenCLIP weights file given with --model. "
                     "With no data given, a run trained on the built-in digits is scored on held-out digits.")
-    p.add_argument("checkpoint", help="clipa checkpoint folder (or run folder), or a weights file with --model")
+    p.add_argument("checkpoint", help="clipa checkpoint folder (or run folder), an hf-hub:ORG/REPO model, "
+                                      "or a weights file or OpenCLIP pretrained tag (e.g. datacomp1b) with --model")
     p.add_argument("--model", help="registry name for a plain weights file (OpenCLIP layout), e.g. ViT-B-32")
     p.add_argument("--task", choices=TASKS, help="default: zeroshot for classification data, retrieval for captions")
     p.add_argument("--data", action="append", default=[], metavar="DIR",
@@ -77,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, run_cfg = load_model(args.checkpoint, args.model)  # in eval mode
-    model_name = args.model or run_cfg.model
+    model, run_cfg = load(args.checkpoint, args.model)  # in eval mode
+    model_name = args.model or (run_cfg.model if run_cfg else args.checkpoint)
     model.to(device)
     tokenizer = tokenizer_for(model)
-    size = model.visual.cfg.image_size
+    size = model.visual.image_size
     show = not args.no_progress
     start = time.perf_counter()
 

@@ -1,9 +1,9 @@
 """Data: webdataset shards, CSV/TSV and image folders; robust to bad samples; exactly resumable.
 
-``build_train_loader`` is the entry point the trainer uses (the built-in ``digits`` data is
-served by :mod:`clipa.data.digits`); ``open_data`` opens an evaluation set (:mod:`.eval_sets`),
-read by the same shard reader and sample decoding; ``clipa data convert | inspect`` live in
-:mod:`.tools`.
+``build_train_loader`` is the entry point the trainer uses, for every source (the built-in
+``digits`` included, :mod:`clipa.data.digits`); ``open_data`` opens an evaluation set
+(:mod:`.eval_sets`), read by the same shard reader and sample decoding; ``clipa data convert |
+inspect`` keep their logic in :mod:`.tools`.
 Names are imported on first use, so the command line starts without torchvision.
 """
 
@@ -17,6 +17,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _EXPORTS = {
+    "Loader": "loader",
     "TrainLoader": "loader",
     "build_train_loader": "loader",
     "EmptySourceError": "stream",

@@ -3,6 +3,10 @@
 Small enough to train a CLIP on two CPU cores in a couple of minutes, real enough that
 zero-shot accuracy means something: 20% of the images are held out, and the held-out
 evaluation uses prompt templates never seen in training.
+
+A built-in source behind the training loader protocol (:mod:`clipa.data.loader`): batches of
+uint8 images that the trainer normalises by the one :func:`~clipa.data.transforms.normalise`
+with the digits' own mean and std (``MEAN``, ``STD``, declared as the loader's), exact resume.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from .loader import check_state
+from .transforms import normalise
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -34,7 +41,10 @@ EVAL_TEMPLATES = ["a drawing of the number {c}.", "an image of a handwritten {c}
 CLASSNAMES = WORDS
 
 HOLDOUT = 0.2
-_MEAN, _STD = 0.5, 0.5
+STATE_VERSION = 1
+# The digits' own normalisation, (x - 0.5) / 0.5 on grey: with CLIP's mean and std instead the
+# default run's recipe reaches 39-46% zero-shot top-1 rather than 89% (measured, two renderings).
+MEAN, STD = (0.5,) * 3, (0.5,) * 3
 
 
 def _load(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,21 +59,25 @@ def _load(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
     return images[train], labels[train], images[test], labels[test]
 
 
-def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, 8, 8] grey digits -> normalised [N, 3, size, size]."""
-    x = F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)
-    return ((x - _MEAN) / _STD).expand(-1, 3, -1, -1).contiguous()
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, 8, 8] grey digits in [0, 1] -> [N, 1, size, size] (bilinear)."""
+    return F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[N, 1, S, S] in [0, 1] -> the loaders' uint8 RGB [N, 3, S, S]."""
+    return (x * 255).round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
 def _augment(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Small zoom and shift per image, batched through one affine grid."""
+    """Small zoom and shift per image, batched through one affine grid; the black background
+    (0) fills what moves in from outside."""
     theta = torch.zeros(x.shape[0], 2, 3)
     theta[:, 0, 0] = scale
     theta[:, 1, 1] = scale
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    background = (0.0 - _MEAN) / _STD
-    return F.grid_sample(x - background, grid, align_corners=False) + background
+    return F.grid_sample(x, grid, align_corners=False)
 
 
 class DigitsLoader:
@@ -80,16 +94,27 @@ class DigitsLoader:
         world_size: int = 1,
     ):
         images, labels, _, _ = _load()
-        self.images = to_model_input(images, image_size)
+        self.images = _resize(images, image_size)
         self.labels = labels
         self.batch_size, self.tokenize, self.seed = batch_size, tokenize, seed
         self.rank, self.world_size = rank, world_size
+        self.pin_memory = torch.cuda.is_available()
+        self.mean, self.std = MEAN, STD  # what the trainer normalises these images with
         self.epoch, self.offset = 0, 0
         if state:
-            self.epoch, self.offset = state["epoch"], state["offset"]
+            self._load(state)
+
+    def _fingerprint(self) -> dict:
+        return {"source": "digits", "seed": self.seed, "global_batch": self.batch_size * self.world_size}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset}
+        """JSON-able position after the last batch yielded."""
+        return {"version": STATE_VERSION, "fingerprint": self._fingerprint(),
+                "epoch": self.epoch, "offset": self.offset}
+
+    def _load(self, state: dict) -> None:
+        check_state(state, STATE_VERSION, self._fingerprint())
+        self.epoch, self.offset = state["epoch"], state["offset"]
 
     def stats(self) -> dict[str, int]:
         return {}
@@ -113,13 +138,14 @@ class DigitsLoader:
                     TRAIN_TEMPLATES[t].format(d=int(lbl), w=WORDS[int(lbl)])
                     for t, lbl in zip(choice.tolist(), self.labels[idx].tolist())
                 ]
-                images = _augment(self.images[idx], scale, shift)
+                images = _to_uint8(_augment(self.images[idx], scale, shift))  # [B, 3, S, S]
                 self.offset += global_batch
-                yield {"images": images, "text": self.tokenize(captions), "keys": [f"digit{i}" for i in idx.tolist()]}
+                yield {"images": images.pin_memory() if self.pin_memory else images, "text": self.tokenize(captions),
+                       "keys": [f"digit{i}" for i in idx.tolist()]}
             self.epoch, self.offset = self.epoch + 1, 0
 
 
 def eval_split(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The held-out images (model input) and their labels."""
+    """The held-out images (normalised model input) and their labels."""
     _, _, images, labels = _load()
-    return to_model_input(images, image_size), labels
+    return normalise(_to_uint8(_resize(images, image_size)), mean=MEAN, std=STD), labels

@@ -1,10 +1,18 @@
 """The training loader the trainer iterates: endless batches, exact position, skip counts.
 
+Every source, built in or read from disk, gives a :class:`Loader`: iterate for endless
+``{"images", "text", "keys"}`` batches (images uint8, in page-locked memory where CUDA is
+available; the trainer normalises them on its device by :func:`~.transforms.normalise` with the
+loader's ``mean`` and ``std``), ``state_dict()`` for the position after the last batch (passed
+back as ``state`` to continue exactly there) and ``stats()`` for skipped samples by reason.
+:func:`build_train_loader` is the one constructor: a name in :data:`BUILT_IN` (``digits``)
+builds that module's loader, anything else a :class:`TrainLoader` over shards, CSV or folders.
+
 Two ways to count an epoch:
 
 - ``data.num_samples`` unset (and not resampled): an epoch is one pass over the data. Each
-  worker reads its share of that pass's shard order and stops; the next epoch starts new
-  DataLoader workers on the next pass. No sample is seen twice in an epoch across ranks
+  worker reads its share of that pass's shard order and stops; in the next epoch the same
+  (persistent) workers, or new ones, read the next pass. No sample is seen twice in an epoch across ranks
   and workers; each worker drops its last partial batch.
 - ``data.num_samples`` set, or ``data.resampled``: workers stream forever (pass after pass,
   or shards drawn with replacement) and an epoch is ``ceil(num_samples / (batch * world))``
@@ -18,29 +26,63 @@ so that the turn order continues, and replays nothing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 import os
 from collections import Counter
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
+from . import CLIP_MEAN, CLIP_STD
+from .decode import DeviceDecoder, worker_decoder
 from .samples import DecodeOptions, describe
 from .sources import Source, load_source
-from .decode import DeviceDecoder, worker_decoder
 from .stream import BatchStream, EmptySourceError, ShardPlan, StreamConfig, start_position
 
 log = logging.getLogger("clipa.data")
 
 STATE_VERSION = 1
 
+# Built-in sources by ``data.source`` name: "module:class" in this package. The class is built as
+# ``cls(image_size, batch_size, tokenize, seed=, state=, rank=, world_size=)`` and is a Loader.
+BUILT_IN = {
+    "digits": "digits:DigitsLoader",
+}
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What the trainer needs from a training loader."""
+
+    mean: tuple[float, float, float]  # the normalisation of its uint8 images, per channel
+    std: tuple[float, float, float]
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+def check_state(state: dict, version: int, fingerprint: dict) -> None:
+    """Raise unless ``state`` was saved by a loader of this ``version`` and the same setup."""
+    if state.get("version") != version:
+        raise ValueError(f"loader state version {state.get('version')} is not {version}")
+    saved = state["fingerprint"]
+    differ = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    if differ:
+        raise ValueError("cannot resume the data loader exactly, the setup changed: " + "; ".join(differ))
+
 
 class TrainLoader:
     """Iterable of ``{"images", "text", "keys"}`` batches, forever; see the module docstring."""
+
+    mean, std = CLIP_MEAN, CLIP_STD
 
     def __init__(self, source: Source, cfg: StreamConfig, transform: Callable, tokenize: Callable,
                  num_workers: int, num_samples: int | None, state: dict | None = None,
@@ -83,12 +125,7 @@ class TrainLoader:
         }))
 
     def _load(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
-        saved, now = state["fingerprint"], self._fingerprint()
-        differ = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
-        if differ:
-            raise ValueError("cannot resume the data loader exactly, the setup changed: " + "; ".join(differ))
+        check_state(state, STATE_VERSION, self._fingerprint())
         self.epoch, self.batches, self.next_worker = state["epoch"], state["batches"], state["next_worker"]
         self.skipped = Counter(state["skipped"])
         self.positions = [dict(p) for p in state["workers"]]
@@ -167,10 +204,14 @@ def build_train_loader(
     world_size: int = 1,
     state: dict | None = None,
     augment: bool = True,
-) -> TrainLoader:
-    """The training loader for ``data`` (any source but the built-in ``digits``)."""
-    if data.source == "digits":
-        raise ValueError("data.source 'digits' is served by clipa.data.digits, not build_train_loader")
+) -> Loader:
+    """The training loader for ``data``: ``batch_size`` samples per batch on this rank, images
+    at ``image_size``, captions through ``tokenize``, continuing from ``state`` if given.
+    ``augment=False`` crops the centre (sources on disk; the built-in ones ignore it)."""
+    if data.source in BUILT_IN:
+        module, name = BUILT_IN[data.source].split(":")
+        cls = getattr(importlib.import_module(f".{module}", __package__), name)
+        return cls(image_size, batch_size, tokenize, seed=seed, state=state, rank=rank, world_size=world_size)
     if data.weights is not None and not data.resampled:
         raise ValueError(
             "data.weights needs data.resampled: true (each weight multiplies the chance of drawing "

@@ -76,18 +76,15 @@ def _unit_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div(255)
 
 
-# per channel: 255 * mean and 255 * std, as Python floats (the same arithmetic on any device)
-_SHIFT = [255 * m for m in CLIP_MEAN]
-_SCALE = [255 * s for s in CLIP_STD]
-
-
-def normalise(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 ``[B, 3, S, S]`` (or ``[3, S, S]``) -> ``dtype`` on the same device, as ToDtype(scale=True) then Normalize
-    (to 1e-6). Loaders hand over uint8 (a quarter of the bytes to copy); the trainer calls this
-    after the copy to its device, so on a GPU the CPU does none of this work."""
+def normalise(images: torch.Tensor, dtype: torch.dtype = torch.float32, mean: tuple[float, ...] = CLIP_MEAN,
+              std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]`` (or ``[3, S, S]``) -> ``dtype`` on the same device, as ToDtype(scale=True)
+    then Normalize (to 1e-6); CLIP's mean and std unless a built-in data set declares its own.
+    Loaders hand over uint8 (a quarter of the bytes to copy); the trainer calls this after the
+    copy to its device, so on a GPU the CPU does none of this work."""
     out = images.to(torch.float32)  # a new tensor: the caller's uint8 batch is left as it was
-    for c in range(3):  # in place with scalars: the fastest form on a CPU, and no constants to move
-        out[..., c, :, :].sub_(_SHIFT[c]).div_(_SCALE[c])
+    for c in range(3):  # in place with Python scalars: the fastest form on a CPU, no constants to move
+        out[..., c, :, :].sub_(255 * mean[c]).div_(255 * std[c])
     return out.to(dtype)
 
 

@@ -101,7 +101,7 @@ def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, devic
 def run_evals(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], eval_cfg: Any,
               device: str | torch.device) -> dict[str, float]:
     """The training loop's hook: ``eval_cfg.data`` (an ``EvalConfig``) with its default task."""
-    evalset = open_data(eval_cfg.data, model.visual.cfg.image_size, max_samples=eval_cfg.max_samples)
+    evalset = open_data(eval_cfg.data, model.visual.image_size, max_samples=eval_cfg.max_samples)
     return evaluate_set(model, tokenizer, evalset, default_task(evalset), device, eval_cfg.batch_size)
 
 

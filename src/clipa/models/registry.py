@@ -43,6 +43,12 @@ def _clipa(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, vision=v, text=t)
 
 
+def _quickgelu(cfg: ModelConfig) -> ModelConfig:
+    """OpenCLIP's ``-quickgelu`` models: OpenAI's (and MetaCLIP's, DFN's) weights were trained with it."""
+    return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, act="quick_gelu"),
+                               text=dataclasses.replace(cfg.text, act="quick_gelu"))
+
+
 _BASE = {  # name: (embed, patch, vision width, layers, head width, text width, heads, layers, mlp)
     "ViT-S-16": (384, 16, 384, 12, 64, 384, 6, 12, 4.0),
     "ViT-B-32": (512, 32, 768, 12, 64, 512, 8, 12, 4.0),
@@ -57,6 +63,8 @@ for _name, (e, p, vw, vl, vhw, tw, th, tl, mlp) in _BASE.items():
     def _make(e=e, p=p, vw=vw, vl=vl, vhw=vhw, tw=tw, th=th, tl=tl, mlp=mlp, size=224):
         return _openclip(e, size, p, vw, vl, vhw, tw, th, tl, mlp)
     register(_name)(_make)
+    if _name not in ("ViT-S-16", "ViT-L-16"):  # the names OpenCLIP has a -quickgelu config for
+        register(f"{_name}-quickgelu")(lambda m=_make: _quickgelu(m()))
     if _name in ("ViT-L-14", "ViT-H-14", "ViT-bigG-14"):
         register(f"{_name}-CLIPA")(lambda m=_make: _clipa(m()))
         register(f"{_name}-CLIPA-336")(lambda m=_make: _clipa(m(size=336)))
@@ -112,7 +120,7 @@ def load_weights(model: CLIP, sd: dict[str, torch.Tensor]) -> None:
     them (strict): the converse of ``adapt_state_dict``, for a model's own trained weights."""
     g = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
     size = g * model.visual.cfg.patch_size
-    if size != model.visual.cfg.image_size:
+    if size != model.visual.image_size:
         model.visual.set_image_size(size)
     if sd["positional_embedding"].shape[0] != model.context_length:
         model.set_context_length(sd["positional_embedding"].shape[0])

@@ -33,11 +33,11 @@ class TextTower(nn.Module):
         return self.positional_embedding.shape[0]
 
     def set_context_length(self, length: int) -> None:
-        """Resample the position table (linear) when a stage changes the text length."""
+        """Resample the position table (linear) when a stage changes the text length; the
+        table's length is the tower's context length (``text_cfg`` keeps the model's)."""
         with torch.no_grad():
             pos = resample_1d(self.positional_embedding.detach(), length).clone()
         self.positional_embedding = nn.Parameter(pos)
-        self.text_cfg.context_length = length
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         n = text.shape[1]

@@ -1,4 +1,8 @@
-"""Image tower: patchify -> position embedding -> token reduction -> blocks -> pool -> project."""
+"""Image tower: patchify -> position embedding -> token reduction -> blocks -> pool -> project.
+
+The tower's current resolution (``image_size``) and token reduction are its own state, set
+through ``set_image_size`` and ``set_token_reduction``; its ``cfg`` stays the model's config.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ImageReductionConfig, VisionConfig
-from ..reduction.image import keep_indices
+from ..reduction.image import TokenReduction
 from .pos_embed import resample_grid, sincos_2d
 from .transformer import Transformer
 
@@ -27,19 +31,24 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act)
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
-        # Token reduction (CLIPA): set per stage by the trainer, applied in training mode only.
-        self.reduction: ImageReductionConfig | None = None
-        self.generator: torch.Generator | None = None
+        self.image_size = cfg.image_size
+        self.token_reduction = TokenReduction()  # keeps every patch until a stage sets a rule
 
     def set_image_size(self, image_size: int) -> None:
-        """Move the model to a new resolution: resample a learned table, recompute sin-cos."""
+        """Move the tower to a new resolution: resample a learned table, recompute sin-cos."""
         g = image_size // self.cfg.patch_size
         with torch.no_grad():
             pos = self._pos_for_grid(g, g)
         self.positional_embedding = nn.Parameter(
             pos.detach().clone(), requires_grad=self.positional_embedding.requires_grad
         )
-        self.cfg.image_size = image_size
+        self.image_size = image_size
+
+    def set_token_reduction(self, cfg: ImageReductionConfig | None,
+                            generator: torch.Generator | None = None) -> None:
+        """Drop patch tokens in training by ``cfg`` (None: keep all), drawing from ``generator``,
+        which must live on the tower's device."""
+        self.token_reduction = TokenReduction(cfg, generator).train(self.training)
 
     def _pos_for_grid(self, gh: int, gw: int) -> torch.Tensor:
         pos = self.positional_embedding
@@ -49,24 +58,27 @@ class VisionTransformer(nn.Module):
             return sincos_2d(self.cfg.width, gh, gw).to(pos)
         return resample_grid(pos, (gh, gw))
 
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Patch tokens with their positions, the class token with its own, and the patch grid."""
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # [B, W, gh, gw]
+        gh, gw = x.shape[-2:]
+        pos = self._pos_for_grid(gh, gw).to(x.dtype)  # [1 + gh * gw, W]
+        patches = x.flatten(2).transpose(1, 2) + pos[1:]  # [B, N, W]
+        cls = (self.class_embedding + pos[0]).to(x.dtype)  # [W]
+        return patches, cls, (gh, gw)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1 + K, W] -> [B, W]: the class token, or the mean of the patch tokens."""
+        if self.cfg.pool != "avg":
+            return self.ln_post(x[:, 0])
+        if self.cfg.final_ln_after_pool:
+            return self.ln_post(x[:, 1:].mean(dim=1))
+        return self.ln_post(x)[:, 1:].mean(dim=1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(images.to(self.conv1.weight.dtype))
-        b, w, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)  # [B, N, W]
-        pos = self._pos_for_grid(gh, gw).to(x.dtype)
-        x = x + pos[1:]
-        if self.training and self.reduction is not None:
-            idx = keep_indices(self.reduction, b, (gh, gw), x.device, self.generator)
-            if idx is not None:
-                x = x.gather(1, idx[:, :, None].expand(-1, -1, w))
-        cls = (self.class_embedding + pos[0]).to(x.dtype).expand(b, 1, w)
-        x = self.ln_pre(torch.cat([cls, x], dim=1))
+        patches, cls, grid = self._embed(images)  # [B, N, W], [W]
+        patches = self.token_reduction(patches, grid)  # [B, K, W]; K = N outside training
+        b, _, w = patches.shape
+        x = self.ln_pre(torch.cat([cls.expand(b, 1, w), patches], dim=1))  # [B, 1 + K, W]
         x = self.transformer(x)
-        if self.cfg.pool == "avg":
-            if self.cfg.final_ln_after_pool:
-                pooled = self.ln_post(x[:, 1:].mean(dim=1))
-            else:
-                pooled = self.ln_post(x)[:, 1:].mean(dim=1)
-        else:
-            pooled = self.ln_post(x[:, 0])
-        return pooled @ self.proj
+        return self._pool(x) @ self.proj  # [B, E]

@@ -9,13 +9,19 @@ patch grid and drawn on ``device`` with the trainer's ``generator``.
   every window; that place is fixed (top left) or drawn per sample (``grid_position``).
 - ``block``: one contiguous square of about K patches at a random place per sample.
 - ``resize``: no indices; the stage feeds smaller images (``resize_image_size``).
+
+``RULES`` maps each name to its kept count (``num_seen``, for the planner) and its draw
+(``keep_indices``); :class:`TokenReduction` is the module the vision tower applies them with.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from ..config import ImageReductionConfig
 
@@ -93,18 +99,69 @@ def stage_image_size(cfg: ImageReductionConfig, image_size: int | None, base_siz
     return base_size
 
 
+# ----------------------------------------------------------------------------- rules by name
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One strategy: how many patches it keeps on a grid, and how it draws them (None: it
+    selects no patches; ``resize`` works through the stage's image size instead)."""
+
+    seen: Callable[[ImageReductionConfig, int, int], int]
+    draw: Callable[..., torch.Tensor] | None = None
+
+
+def _every_patch(cfg: ImageReductionConfig, gh: int, gw: int) -> int:
+    return gh * gw
+
+
+def _random_seen(cfg: ImageReductionConfig, gh: int, gw: int) -> int:
+    return num_kept(cfg, gh * gw)
+
+
+def _random_draw(cfg: ImageReductionConfig, b: int, gh: int, gw: int, device, generator) -> torch.Tensor:
+    return random_indices(b, gh * gw, num_kept(cfg, gh * gw), device, generator)
+
+
+def _grid_seen(cfg: ImageReductionConfig, gh: int, gw: int) -> int:
+    s = grid_window(cfg, gh * gw)
+    return len(range(0, gh, s)) * len(range(0, gw, s))
+
+
+def _grid_draw(cfg: ImageReductionConfig, b: int, gh: int, gw: int, device, generator) -> torch.Tensor:
+    s = grid_window(cfg, gh * gw)
+    return grid_indices(b, gh, gw, s, cfg.grid_position == "random", device, generator)
+
+
+def _block_seen(cfg: ImageReductionConfig, gh: int, gw: int) -> int:
+    return block_side(num_kept(cfg, gh * gw), gh, gw) ** 2
+
+
+def _block_draw(cfg: ImageReductionConfig, b: int, gh: int, gw: int, device, generator) -> torch.Tensor:
+    return block_indices(b, gh, gw, block_side(num_kept(cfg, gh * gw), gh, gw), device, generator)
+
+
+RULES: dict[str, Rule] = {
+    "none": Rule(_every_patch),
+    "resize": Rule(_every_patch),
+    "random": Rule(_random_seen, _random_draw),
+    "grid": Rule(_grid_seen, _grid_draw),
+    "block": Rule(_block_seen, _block_draw),
+}
+
+
+def rule(cfg: ImageReductionConfig) -> Rule:
+    """The rule ``cfg.strategy`` names; an unknown name lists the valid ones."""
+    try:
+        return RULES[cfg.strategy]
+    except KeyError:
+        raise ValueError(f"unknown image reduction strategy {cfg.strategy!r}; "
+                         f"choose from {', '.join(RULES)}") from None
+
+
 def num_seen(cfg: ImageReductionConfig, grid: tuple[int, int]) -> int:
     """Patch tokens per sample the tower sees in training: the width of ``keep_indices``."""
-    gh, gw = grid
-    n = gh * gw
-    if cfg.strategy == "random":
-        return num_kept(cfg, n)
-    if cfg.strategy == "grid":
-        s = grid_window(cfg, n)
-        return len(range(0, gh, s)) * len(range(0, gw, s))
-    if cfg.strategy == "block":
-        return block_side(num_kept(cfg, n), gh, gw) ** 2
-    return n
+    return rule(cfg).seen(cfg, *grid)
 
 
 def keep_indices(
@@ -114,20 +171,36 @@ def keep_indices(
     device: torch.device,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor | None:
-    """Patch indices to keep for each sample, or None when every patch stays."""
-    gh, gw = grid
-    n = gh * gw
-    if cfg.strategy in ("none", "resize"):
+    """Patch indices to keep for each sample [B, K], or None when every patch stays."""
+    r, (gh, gw) = rule(cfg), grid
+    if r.draw is None or r.seen(cfg, gh, gw) >= gh * gw:
         return None
-    if cfg.strategy == "random":
-        k = num_kept(cfg, n)
-        return None if k >= n else random_indices(batch, n, k, device, generator)
-    if cfg.strategy == "grid":
-        s = grid_window(cfg, n)
-        return grid_indices(batch, gh, gw, s, cfg.grid_position == "random", device, generator)
-    if cfg.strategy == "block":
-        side = block_side(num_kept(cfg, n), gh, gw)
-        if side * side >= n:
-            return None
-        return block_indices(batch, gh, gw, side, device, generator)
-    raise ValueError(f"unknown image reduction strategy {cfg.strategy!r}")
+    return r.draw(cfg, batch, gh, gw, device, generator)
+
+
+class TokenReduction(nn.Module):
+    """Drops patch tokens in training, as OpenCLIP's ``PatchDropout``: [B, N, W] -> [B, K, W].
+
+    The vision tower owns one (``set_token_reduction``) and calls it between the position
+    embedding and the blocks, class token excluded. In eval mode, or when the rule keeps every
+    patch, tokens pass through untouched. The generator is state, not a forward argument, so
+    the big-batch step can save and replay it and the call signature stays tensor-only.
+    """
+
+    def __init__(self, cfg: ImageReductionConfig | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg or ImageReductionConfig()
+        rule(self.cfg)  # an unknown strategy fails here, not at the first training step
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if not self.training:
+            return x
+        idx = keep_indices(self.cfg, x.shape[0], grid, x.device, self.generator)  # [B, K]
+        if idx is None:
+            return x
+        return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, K, W]
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"strategy={c.strategy!r}, ratio={c.ratio}, keep={c.keep}, grid_position={c.grid_position!r}"

@@ -17,7 +17,7 @@ def evaluate_digits(model: CLIP, device: torch.device | str, batch_size: int = 2
     was_training = model.training
     model.eval()
     tokenizer = tokenizer_for(model)
-    images, labels = eval_split(model.visual.cfg.image_size)
+    images, labels = eval_split(model.visual.image_size)
     classifier = build_classifier(model, tokenizer, CLASSNAMES, EVAL_TEMPLATES, device)
     batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
     metrics = evaluate_classification(model, classifier, batches, device)

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import time
-import zlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,11 +21,16 @@ import torch
 from .. import checkpoint, distributed
 from ..bigbatch import forward_backward
 from ..config import ConfigError, DataConfig, RunConfig, StageConfig, to_dict
+from ..data import build_train_loader
+from ..data.transforms import normalise
+from ..hub import create_model
 from ..loss import MAX_LOGIT_SCALE, clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
-from ..reduction.image import stage_image_size
+from ..reduction.text import CaptionTokenizer
 from ..tokenizer import tokenizer_for
+from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
+from .stage import ResolvedStage, resolve_stage
 
 
 # Above this contrastive batch the B x B logits dominate memory; the tiled loss keeps it linear.
@@ -37,8 +41,6 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
-def stage_steps(stage: StageConfig) -> int:
-    return max(1, math.ceil(stage.samples / stage.batch_size))
 
 
 class Trainer:
@@ -53,10 +55,11 @@ class Trainer:
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
         self.input_dtype = torch.bfloat16 if use_bf16 else torch.float32  # what the patch embedding computes in
+        check_loggers(cfg.train)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.model: CLIP = checkpoint.create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
+        self.model: CLIP = create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_overrides)
         if cfg.train.loss == "siglip" and self.model.logit_bias is None:
             raise ConfigError("train.loss=siglip needs a logit bias: set model_overrides.init_logit_bias "
                               "(SigLIP uses -10) and model_overrides.init_logit_scale (ln 10)")
@@ -64,10 +67,11 @@ class Trainer:
             raise ConfigError(f"train.loss={cfg.train.loss} has no use for a logit bias: "
                               "drop model_overrides.init_logit_bias or use train.loss=siglip")
         self.model.to(self.device)
+        # Every stage resolved up front: a stage that cannot run fails before any training.
+        self.stages = [resolve_stage(s, self.model.cfg, self.dist.world_size) for s in cfg.stages]
+        # Image token masking draws from its own generator, which checkpoints save and the
+        # big-batch step replays per microbatch.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
-        self.model.visual.generator = self.generator
-        self.base_image_size = self.model.visual.cfg.image_size
-        self.base_context = self.model.context_length
         self.wrapped = self.model
         self.writer = None
         self.bad_steps = 0
@@ -77,48 +81,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up per stage
 
-    def _apply_stage_shapes(self, stage: StageConfig) -> None:
-        """Move the model to the stage's resolution and text length (interpolating tables)."""
-        size = stage_image_size(stage.image_reduction, stage.image_size, self.base_image_size,
-                                self.model.visual.cfg.patch_size)
-        if size != self.model.visual.cfg.image_size:
-            self.model.visual.set_image_size(size)
-        length = stage.text_length or self.base_context
-        if length != self.model.context_length:
-            self.model.set_context_length(length)
+    def _set_up_model(self, stage: StageConfig, plan: ResolvedStage) -> None:
+        """Move the model to the stage's resolution and text length (interpolating tables)
+        and give its vision tower the stage's token reduction."""
+        if plan.image_size != self.model.visual.image_size:
+            self.model.visual.set_image_size(plan.image_size)
+        if plan.text_length != self.model.context_length:
+            self.model.set_context_length(plan.text_length)
+        self.model.visual.set_token_reduction(stage.image_reduction, self.generator)
         self.model.to(self.device)
 
-    def _tokenize_fn(self, stage: StageConfig) -> Callable[[list[str]], torch.Tensor]:
-        from ..reduction.text import reduce_text
-
-        tokenizer = tokenizer_for(self.model)
-        length = self.model.context_length
-        seed = self.cfg.train.seed
-
-        def tokenize(captions: list[str]) -> torch.Tensor:
-            # Seeded by the batch itself: random text masking is then the same in loader
-            # workers, after a resume and across epochs' different batches, with no state.
-            digest = zlib.crc32("\x1f".join(captions).encode("utf-8", "replace"))
-            generator = torch.Generator().manual_seed(seed * 2**32 + digest)
-            return reduce_text(captions, tokenizer, length, stage.text_reduction, generator)
-
-        return tokenize
-
-    def _loader(self, stage: StageConfig, state: dict | None):
-        image_size = self.model.visual.cfg.image_size
-        tokenize = self._tokenize_fn(stage)
-        seed = self.cfg.train.seed + 1000 * self.stage_index
-        batch_size = distributed.local_batch_size(stage.batch_size, self.dist)
-        if self.cfg.data.source == "digits":
-            from ..data.digits import DigitsLoader
-
-            return DigitsLoader(image_size, batch_size, tokenize, seed=seed,
-                                state=state, rank=self.dist.rank, world_size=self.dist.world_size)
-        from ..data import build_train_loader
-
+    def _loader(self, stage: StageConfig, plan: ResolvedStage, state: dict | None):
+        """The stage's loader: its image size and local batch, captions cut to its text length."""
+        tokenize = CaptionTokenizer(tokenizer_for(self.model), plan.text_length, stage.text_reduction,
+                                    seed=self.cfg.train.seed)
         return build_train_loader(
-            self.data_for(stage), image_size, batch_size, tokenize, seed=seed,
-            rank=self.dist.rank, world_size=self.dist.world_size, state=state,
+            self.data_for(stage), plan.image_size, plan.local_batch, tokenize,
+            seed=self.cfg.train.seed + 1000 * self.stage_index, rank=self.dist.rank,
+            world_size=self.dist.world_size, state=state,
         )
 
     def data_for(self, stage: StageConfig) -> DataConfig:
@@ -153,17 +133,14 @@ class Trainer:
         return self.results
 
     def _run_stage(self, index: int, start_step: int, loader_state: dict | None, restored: dict | None) -> None:
-        from ..data.transforms import normalise  # here: `clipa --help` starts without torchvision
-
-        stage = self.cfg.stages[index]
+        stage, plan = self.cfg.stages[index], self.stages[index]
         self.stage_index = index
         if restored is not None:  # weights at the sizes they were saved at, then this stage's
             load_weights(self.model, restored["model"])
-        self._apply_stage_shapes(stage)
+        self._set_up_model(stage, plan)
         # A checkpoint from inside this stage also carries its optimizer and RNG; one written
         # at the end of the previous stage does not: each stage starts them afresh.
         mid_stage = restored is not None and not restored["state"].get("stage_done")
-        self.model.visual.reduction = stage.image_reduction
         self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
         if mid_stage:
@@ -171,11 +148,11 @@ class Trainer:
         if mid_stage and "rng" in restored:
             checkpoint.set_rng_state(restored["rng"], self.generator)
         loss_fn = self._loss_fn(stage)
-        total = stage_steps(stage)
-        loader = self._loader(stage, loader_state)
+        total = plan.steps
+        loader = self._loader(stage, plan, loader_state)
         self._log(
             f"stage {index} '{stage.name}': {total} steps of {stage.batch_size} at "
-            f"{self.model.visual.cfg.image_size}px, text {self.model.context_length} "
+            f"{plan.image_size}px, text {plan.text_length} "
             f"({stage.image_reduction.strategy} / {stage.text_reduction.strategy})"
         )
         progress = self._progress(total, start_step, stage.name)
@@ -189,13 +166,14 @@ class Trainer:
             batch = next(batches)
             waited = time.perf_counter() - waited  # the step stood idle for data this long
             # uint8 (pinned on CUDA): copied as a quarter of the bytes, normalised on the device
-            images = normalise(batch["images"].to(self.device, non_blocking=True), self.input_dtype)
+            images = normalise(batch["images"].to(self.device, non_blocking=True), self.input_dtype,
+                               loader.mean, loader.std)
             text = batch["text"].to(self.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 loss = forward_backward(
                     self.wrapped, images, text, loss_fn, microbatch_size=self.cfg.train.microbatch_size,
-                    no_sync=distributed.no_sync_factory(self.wrapped, self.dist),
+                    no_sync=distributed.no_sync_factory(self.wrapped, self.dist), generators=[self.generator],
                 )
             if not math.isfinite(loss):
                 self._skip_step(step)
@@ -219,7 +197,7 @@ class Trainer:
         if progress is not None:
             progress.close()
         self.model = distributed.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
-        self.model.visual.reduction = None
+        self.model.visual.set_token_reduction(None)
         self._evaluate(index, total)
         self._save(index, total, optimizer, loader, stage_done=True)
 
@@ -255,13 +233,11 @@ class Trainer:
 
     def _tb(self):
         if self.writer is None and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tb"))
+            self.writer = RunLogger(self.out, self.cfg)
         return self.writer
 
     def _global_step(self, index: int, step: int) -> int:
-        return sum(stage_steps(s) for s in self.cfg.stages[:index]) + step
+        return sum(s.steps for s in self.stages[:index]) + step
 
     def _report(self, progress, step: int, loss: float, lr: float, rate: float, waited: float, loader) -> None:
         """Progress bar and TensorBoard. ``data_wait``: seconds this step waited for its batch (the
