@@ -514,8 +514,8 @@ def test_two_loader_workers_under_spawn_with_syntax_text_masking(tmp_path):
 
 
 def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
-    """build_train_loader serves ``digits`` like any source: uint8 images normalised with the
-    digits' own mean and std (0.5), stats,
+    """build_train_loader serves ``digits`` like any source: uint8 images with the digits' own
+    mean and std (0.5) declared for the trainer's normalisation, stats,
     a JSON state that continues exactly, and a state from another setup refused."""
     from clipa.data.loader import BUILT_IN, Loader
 
@@ -526,13 +526,12 @@ def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
     first = [next(it) for _ in range(2)]
     state = json.loads(json.dumps(loader.state_dict()))
     rest = [next(it) for _ in range(3)]
-    images = first[0]["images"]
-    assert images.dtype == torch.float32 and images.shape == (8, 3, 16, 16)
-    grey = images * 0.5 + 0.5
-    levels = grey * 255
-    torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)  # normalised from uint8
-    torch.testing.assert_close(grey[:, 0], grey[:, 2], atol=1e-5, rtol=0)  # grey: R = G = B
-    assert levels.round().min() == 0 and levels.round().max() > 200  # black background, white strokes
+    levels = first[0]["images"]
+    assert levels.dtype == torch.uint8 and levels.shape == (8, 3, 16, 16)
+    assert loader.mean == loader.std == (0.5, 0.5, 0.5)
+    torch.testing.assert_close(normalise(levels, mean=loader.mean, std=loader.std), levels / 127.5 - 1)
+    assert torch.equal(levels[:, 0], levels[:, 2])  # grey: R = G = B
+    assert levels.min() == 0 and levels.max() > 200  # black background, white strokes
     resumed = iter(build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3, state=state))
     for want in rest:
         got = next(resumed)
