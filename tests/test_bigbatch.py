@@ -1,4 +1,4 @@
-"""The re-materialised big-batch step against plain full-batch PyTorch (REFERENCE.md section 4).
+"""The re-materialised big-batch step against plain full-batch PyTorch (docs/reference.md#gradcache).
 
 Tolerance: each parameter's gradient within 1e-5 of the reference relative to that
 gradient's largest entry (fp32; a per-element relative test is meaningless for entries

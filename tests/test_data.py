@@ -11,11 +11,9 @@ import gzip
 import io
 import json
 import logging
-import struct
 import subprocess
 import sys
 import tarfile
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -39,42 +37,9 @@ from clipa.data.sources import load_source
 from clipa.data.tar import ShardError, iter_groups, iter_members
 from clipa.data.transforms import draft_size, normalise, train_pixels
 from clipa.reduction.text import CaptionTokenizer
+from conftest import bomb_png, corrupt_header, image_bytes, write_tar
 
 # ----------------------------------------------------------------------------- shard builders
-
-
-def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (40, 32)) -> bytes:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, fmt)
-    return out.getvalue()
-
-
-def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels (about 400 bytes on disk)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
-    pixels = zlib.compress(b"\0" * (width + 1) * 4)  # a few rows only: never decoded
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def corrupt_header(path: Path, member: str) -> None:
-    """Overwrite the start of ``member``'s tar header: its checksum no longer matches."""
-    data = bytearray(path.read_bytes())
-    at = data.index(member.encode())
-    data[at:at + 20] = b"\x13" * 20
-    path.write_bytes(bytes(data))
 
 
 def good(key: str, seed: int) -> list[tuple[str, bytes]]:

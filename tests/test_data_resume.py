@@ -19,7 +19,8 @@ import torch
 
 from clipa.config import DataConfig
 from clipa.data import build_train_loader
-from test_data import bad_data, epochs, good_shards, image_bytes, write_tar, zero_tokens
+from conftest import image_bytes, write_tar
+from test_data import bad_data, epochs, good_shards, zero_tokens
 
 
 def _run(data: DataConfig, n: int, state: dict | None = None, batch_size: int = 3, rank: int = 0,

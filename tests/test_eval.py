@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-import clipa
 from clipa.eval import build_classifier, classification_metrics, evaluate_classification
 
 cb_zs = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
@@ -13,25 +12,19 @@ open_clip = pytest.importorskip("open_clip")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return clipa.create_model("clipa-tiny", vision={"layers": 1}, text={"layers": 1}).eval()
-
-
-@pytest.fixture(scope="module")
 def tokenizer():
     return open_clip.get_tokenizer("ViT-B-32", context_length=16)
 
 
-def test_classifier_matches_clip_benchmark(tiny, tokenizer):
+def test_classifier_matches_clip_benchmark(tiny_model, tokenizer):
     names = ["cat", "dog", "car", "ship", "bird", "frog", "truck"]
     templates = ["a photo of a {c}.", "art of the {c}.", "a blurry {c}"]
-    ours = build_classifier(tiny, tokenizer, names, templates, "cpu", batch_size=5)
-    ref = cb_zs.zero_shot_classifier(tiny, tokenizer, names, templates, "cpu", amp=False)
+    ours = build_classifier(tiny_model, tokenizer, names, templates, "cpu", batch_size=5)
+    ref = cb_zs.zero_shot_classifier(tiny_model, tokenizer, names, templates, "cpu", amp=False)
     assert ours.shape == (128, len(names))
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
     callable_templates = [lambda c: f"a photo of a {c}.", lambda c: f"art of the {c}.", lambda c: f"a blurry {c}"]
-    torch.testing.assert_close(build_classifier(tiny, tokenizer, names, callable_templates, "cpu"), ours)
+    torch.testing.assert_close(build_classifier(tiny_model, tokenizer, names, callable_templates, "cpu"), ours)
 
 
 def test_metrics_match_clip_benchmark():
@@ -48,13 +41,13 @@ def test_metrics_match_clip_benchmark():
     assert math.isnan(classification_metrics(logits[:, :4], target.clamp(max=3))["acc5"])
 
 
-def test_evaluate_classification_matches_clip_benchmark(tiny, tokenizer):
+def test_evaluate_classification_matches_clip_benchmark(tiny_model, tokenizer):
     names = ["zero", "one", "two", "three", "four", "five"]
-    clf = build_classifier(tiny, tokenizer, names, ["a photo of {c}."], "cpu")
+    clf = build_classifier(tiny_model, tokenizer, names, ["a photo of {c}."], "cpu")
     g = torch.Generator().manual_seed(2)
     batches = [(torch.randn(7, 3, 32, 32, generator=g), torch.randint(0, 6, (7,), generator=g)) for _ in range(3)]
-    ours = evaluate_classification(tiny, clf, batches, "cpu")
-    logits, target = cb_zs.run_classification(tiny, clf, batches, "cpu", amp=False)
+    ours = evaluate_classification(tiny_model, clf, batches, "cpu")
+    logits, target = cb_zs.run_classification(tiny_model, clf, batches, "cpu", amp=False)
     ref = classification_metrics(logits, target)
     for k in ref:
         assert ours[k] == pytest.approx(ref[k], abs=1e-6)

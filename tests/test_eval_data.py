@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_data import bomb_png, corrupt_header
 
 import clipa
 from clipa.cli import main
@@ -25,21 +24,13 @@ from clipa.eval import linear_probe
 from clipa.eval.linear_probe import holdout_split
 from clipa.eval.runner import evaluate_set, result_record, run_evals
 from clipa.tokenizer import tokenizer_for
+from conftest import bomb_png, corrupt_header, write_samples
 
 
 def _jpeg(color, size=(40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def _tar(path, samples):
-    with tarfile.open(path, "w") as tar:
-        for key, files in samples:
-            for ext, data in files.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def _folder(root, names, per_class=2):
@@ -52,7 +43,7 @@ def _folder(root, names, per_class=2):
 def test_clip_benchmark_layout(tmp_path):
     (tmp_path / "test").mkdir()
     for s in range(2):
-        _tar(tmp_path / "test" / f"{s}.tar", [(f"s{s}{i}", {"jpg": _jpeg((i * 40, 0, 0)), "cls": str(i % 3).encode()})
+        write_samples(tmp_path / "test" / f"{s}.tar", [(f"s{s}{i}", {"jpg": _jpeg((i * 40, 0, 0)), "cls": str(i % 3).encode()})
                                             for i in range(5)])
     (tmp_path / "test" / "nshards.txt").write_text("2\n")
     (tmp_path / "classnames.txt").write_text("red\ngreen\nblue\n")
@@ -70,16 +61,16 @@ def test_clip_benchmark_layout(tmp_path):
 
 
 def test_caption_shards_json_and_txt(tmp_path):
-    _tar(tmp_path / "d-0.tar", [("k0", {"jpg": _jpeg("red"), "json": json.dumps({"captions": ["a", "b"]}).encode()}),
+    write_samples(tmp_path / "d-0.tar", [("k0", {"jpg": _jpeg("red"), "json": json.dumps({"captions": ["a", "b"]}).encode()}),
                                 ("k1", {"jpg": _jpeg("blue"), "txt": b"one\ntwo\nthree\n"})])
-    _tar(tmp_path / "d-1.tar", [("k2", {"jpg": _jpeg("green"), "json": b'{"captions": ["c"]}', "txt": b"ignored"})])
+    write_samples(tmp_path / "d-1.tar", [("k2", {"jpg": _jpeg("green"), "json": b'{"captions": ["c"]}', "txt": b"ignored"})])
     es = caption_shards_set(str(tmp_path / "d-{0..1}.tar"), eval_transform(8))
     assert es.kind == "retrieval"
     (images, captions), = list(batches(es, batch_size=8))
     assert images.shape == (3, 3, 8, 8) and captions == [["a", "b"], ["one", "two", "three"], ["c"]]
     # braceexpand keeps zero padding
-    _tar(tmp_path / "p-09.tar", [("k9", {"jpg": _jpeg("red"), "txt": b"nine"})])
-    _tar(tmp_path / "p-10.tar", [("k10", {"jpg": _jpeg("red"), "txt": b"ten"})])
+    write_samples(tmp_path / "p-09.tar", [("k9", {"jpg": _jpeg("red"), "txt": b"nine"})])
+    write_samples(tmp_path / "p-10.tar", [("k10", {"jpg": _jpeg("red"), "txt": b"ten"})])
     assert [c for _, cs in batches(caption_shards_set(str(tmp_path / "p-{09..10}.tar"), eval_transform(8)))
             for c in cs] == [["nine"], ["ten"]]
     with pytest.raises(FileNotFoundError):
@@ -158,11 +149,11 @@ def weights(tmp_path):
 def test_eval_command_tasks(tmp_path, weights, capsys):
     (tmp_path / "d" / "test").mkdir(parents=True)
     colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    _tar(tmp_path / "d" / "test" / "0.tar", [(f"k{i}", {"jpg": _jpeg(colors[i % 3]), "cls": str(i % 3).encode()})
+    write_samples(tmp_path / "d" / "test" / "0.tar", [(f"k{i}", {"jpg": _jpeg(colors[i % 3]), "cls": str(i % 3).encode()})
                                              for i in range(24)])
     (tmp_path / "d" / "classnames.txt").write_text("red\ngreen\nblue\n")
     (tmp_path / "d" / "zeroshot_classification_templates.txt").write_text("a {c} square.\n")
-    _tar(tmp_path / "caps.tar", [(f"c{i}", {"jpg": _jpeg(colors[i % 3]), "json": json.dumps(
+    write_samples(tmp_path / "caps.tar", [(f"c{i}", {"jpg": _jpeg(colors[i % 3]), "json": json.dumps(
         {"captions": [f"a {i}", f"b {i}"]}).encode()}) for i in range(6)])
     out = tmp_path / "res_{dataset}_{task}.json"
     base = ["eval", str(weights), "--model", "clipa-tiny", "--no-progress", "--output", str(out)]
@@ -180,7 +171,7 @@ def test_eval_command_tasks(tmp_path, weights, capsys):
 
 def test_run_evals_hook(tmp_path):
     from clipa.config import EvalConfig
-    _tar(tmp_path / "caps.tar", [(f"c{i}", {"jpg": _jpeg((40 * i, 0, 0)), "txt": f"x {i}\ny {i}".encode()})
+    write_samples(tmp_path / "caps.tar", [(f"c{i}", {"jpg": _jpeg((40 * i, 0, 0)), "txt": f"x {i}\ny {i}".encode()})
                                  for i in range(5)])
     model = clipa.create_model("clipa-tiny")
     model.train()
@@ -197,7 +188,7 @@ COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 def _benchmark_set(root: Path, shards: list[list[tuple[str, dict]]]) -> Path:
     (root / "test").mkdir(parents=True)
     for i, samples in enumerate(shards):
-        _tar(root / "test" / f"{i}.tar", samples)
+        write_samples(root / "test" / f"{i}.tar", samples)
     (root / "test" / "nshards.txt").write_text(f"{len(shards)}\n")
     (root / "classnames.txt").write_text("red\ngreen\nblue\n")
     (root / "zeroshot_classification_templates.txt").write_text("a {c} square.\n")
@@ -266,7 +257,7 @@ def test_every_kind_of_bad_evaluation_sample_is_counted(tmp_path, weights):
     assert metrics["samples"] == {"scored": 5, "skipped": {
         "bad_text": 1, "corrupt_shard": 1, "decompression_bomb": 1, "empty_image": 1, "missing_image": 1,
         "missing_label": 1}}
-    _tar(tmp_path / "caps.tar", [("c0", {"jpg": _jpeg("red"), "txt": b"one\n\n two \n"}),
+    write_samples(tmp_path / "caps.tar", [("c0", {"jpg": _jpeg("red"), "txt": b"one\n\n two \n"}),
                                  ("c1", {"jpg": _jpeg("blue"), "txt": b" \n "}),
                                  ("c2", {"jpg": _jpeg("green"), "json": b'{"captions": ["c"]}'})])
     got = [(len(i), c) for i, c in batches(caption_shards_set(tmp_path / "caps.tar", eval_transform(8)))]

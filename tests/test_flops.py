@@ -15,7 +15,7 @@ from clipa.config import ImageReductionConfig
 from clipa.flops import kept_patches, pair_flops
 from clipa.reduction.image import num_kept
 
-# OpenCLIP v3.3.0 docs/model_profile.csv (REFERENCE.md section 3): GFLOPs per pair, forward,
+# OpenCLIP v3.3.0 docs/model_profile.csv (docs/reference.md#flops-per-pair): GFLOPs per pair, forward,
 # each model at its own image size and text context: (total, image, text).
 PUBLISHED = {
     "ViT-B-32": (14.78, 8.82, 5.96),

@@ -13,7 +13,7 @@ from clipa.plan import plan_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# One recipe per row of REFERENCE.md section 3's CLIPA v1 and CLIPA-v2 tables.
+# One recipe per row of the CLIPA v1 and CLIPA-v2 tables (docs/reference.md#clipa-v1-recipes, #clipa-v2-recipes).
 V1 = ["clipa_v1_b16_112_224", "clipa_v1_l16_64_224", "clipa_v1_l16_96_224"]
 V2_GPU_HOURS = {
     "clipa_v2_h14_l2b_84_224": 7_776,

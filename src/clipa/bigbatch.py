@@ -1,5 +1,5 @@
 """The BASIC / GradCache step: a contrastive batch far larger than activation memory allows,
-with gradients equal to full-batch training (REFERENCE.md section 4).
+with gradients equal to full-batch training (docs/reference.md#gradcache).
 
 The loss couples every pair in the batch, but it only depends on the parameters through the
 embeddings. So: embed each microbatch without a graph (saving its RNG state), compute the
@@ -69,7 +69,6 @@ def forward_backward(
         loss.backward()
         return loss.item()
 
-    core = getattr(model, "module", model)
     chunks = list(zip(images.split(microbatch_size), tokens.split(microbatch_size)))
     states, imgs, txts = [], [], []
     with torch.no_grad():

@@ -13,7 +13,7 @@ is then column ``offset + i``. The symmetric InfoNCE needs both gathered sides (
 against all texts, text rows against all images); the sigmoid loss, a sum over pairs, needs
 only ``all_txt`` and ignores ``all_img``. ``global_loss`` makes that call the same way for all.
 
-The tiled loss (Inf-CL's idea, REFERENCE.md section 4) writes each cross-entropy as
+The tiled loss (Inf-CL's idea, docs/reference.md#tiled-loss) writes each cross-entropy as
 ``logsumexp(row) - logit(target)``. Its forward pass keeps only the per-row log-sum-exp,
 accumulated over column tiles with a running maximum (so logit scale 100 cannot overflow),
 and its backward pass recomputes each tile: memory O(rows x tile) instead of O(B^2).

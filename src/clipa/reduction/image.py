@@ -1,4 +1,4 @@
-"""Image token reduction (CLIPA section 1): which patch tokens each sample keeps.
+"""Image token reduction (CLIPA; docs/reference.md#image-token-reduction): which patch tokens each sample keeps.
 
 Each rule returns sorted patch indices of shape [B, K] (class token excluded; the vision
 tower always keeps it and only asks in training mode). Indices are row-major over the

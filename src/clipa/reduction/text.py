@@ -1,4 +1,4 @@
-"""Text token reduction (CLIPA section 2): cut captions to a target context length.
+"""Text token reduction (CLIPA; docs/reference.md#text-token-reduction): cut captions to a target context length.
 
 Every rule returns the tokenizer's own row format, ``[sot, ids..., eot, pad...]`` as a
 LongTensor [B, length], and keeps the surviving tokens in their original order.
