@@ -17,7 +17,7 @@ from clipa.config import DataConfig
 from clipa.data import CLIP_MEAN, CLIP_STD, build_train_loader
 from clipa.data.loader import default_workers
 from clipa.data.transforms import normalise
-from test_data import write_tar
+from conftest import write_tar
 
 
 def zero_tokens(captions: list[str]) -> torch.Tensor:

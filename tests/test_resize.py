@@ -17,7 +17,7 @@ from PIL import Image
 from clipa.cli import main
 from clipa.data import resize as resize_module
 from clipa.data.resize import output_name, resize
-from test_data import write_tar
+from conftest import corrupt_header, write_tar
 
 
 def jpeg(seed: int, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
@@ -76,10 +76,7 @@ def test_damaged_samples_are_skipped_and_counted(tmp_path):
                                                     ("e.jpg", b""), ("e.txt", b"empty"),
                                                     ("n.jpg", jpeg(6, (160, 120)))] + sample("g1", 1))
     write_tar(root / "00001.tar", [m for i in range(4) for m in sample(f"h{i}", 10 + i)])
-    data = bytearray((root / "00001.tar").read_bytes())
-    at = data.index(b"h3.jpg")
-    data[at:at + 10] = b"\x13" * 10  # a corrupt header: h3 loses its image, h0-h2 are whole
-    (root / "00001.tar").write_bytes(bytes(data))
+    corrupt_header(root / "00001.tar", "h3.jpg")  # h3 loses its image, h0-h2 are whole
     report = resize(f"{root}/{{00000..00002}}.tar", tmp_path / "out", size=64)  # 00002.tar does not exist
     assert report["samples"] == 5 and report["shards"] == 2
     assert report["skipped"] == {"corrupt_image": 1, "empty_image": 1, "missing_caption": 1, "corrupt_shard": 1,
