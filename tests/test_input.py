@@ -199,3 +199,46 @@ def test_a_stage_with_its_own_data_source_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "build_train_loader", spy)
     Trainer(cfg).fit()
     assert read == [(small, 16), (original, 24)]
+
+
+def test_each_step_reports_how_long_it_waited_for_data(tmp_path, monkeypatch):
+    """A loader that takes 50 ms a batch makes every step wait at least that long, and the
+    progress bar and TensorBoard get the figure (``data_wait``, ``train/data_wait_s``)."""
+    import time
+
+    import clipa.train.trainer as trainer_module
+    from clipa.config import load_config
+    from clipa.train.trainer import Trainer
+
+    real = trainer_module.build_train_loader
+
+    class Slow:
+        def __init__(self, loader):
+            self.loader, self.mean, self.std = loader, loader.mean, loader.std
+            self.state_dict, self.stats = loader.state_dict, loader.stats
+
+        def __iter__(self):
+            for batch in self.loader:
+                time.sleep(0.05)
+                yield batch
+
+    monkeypatch.setattr(trainer_module, "build_train_loader", lambda *a, **k: Slow(real(*a, **k)))
+    reported = []
+    original = Trainer._report
+
+    def record(self, progress, step, loss, lr, rate, waited, loader):
+        reported.append(waited)
+        return original(self, progress, step, loss, lr, rate, waited, loader)
+
+    monkeypatch.setattr(Trainer, "_report", record)
+    tiny = ("model_overrides={embed_dim: 32, vision: {image_size: 16, patch_size: 4, width: 64, layers: 1, "
+            "head_width: 32}, text: {width: 64, heads: 2, layers: 1}}")
+    cfg = load_config(None, [tiny, "train.progress=false", "train.threads=1", f"train.output_dir={tmp_path}",
+                             "stage.samples=96", "stage.batch_size=32", "stage.warmup=1", "train.log_every=1"])
+    Trainer(cfg).fit()
+    assert len(reported) == 3 and min(reported) >= 0.05
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.*")).parent))
+    events.Reload()
+    assert [round(e.value, 2) >= 0.05 for e in events.Scalars("train/data_wait_s")] == [True] * 3
