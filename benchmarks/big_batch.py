@@ -47,7 +47,7 @@ def child(batch: int, microbatch: int | None, checkpointing: bool, threads: int)
     loss = forward_backward(model, images, tokens, clip_loss, microbatch)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    report(base, time=time.perf_counter() - start, loss=loss)
+    report(base, time=time.perf_counter() - start, loss=float(loss))
 
 
 def main() -> None:

@@ -56,7 +56,8 @@ def assert_grads_close(got: dict, ref: dict, rtol: float = 1e-5) -> None:
 
 def step(loss_fn=clip_loss, microbatch_size=None, generators=(MASKING,), **kw):
     images, tokens = batch()
-    return lambda m: forward_backward(m, images, tokens, loss_fn, microbatch_size, generators=generators, **kw)
+    # the loss stays on the device: read it here
+    return lambda m: float(forward_backward(m, images, tokens, loss_fn, microbatch_size, generators=generators, **kw))
 
 
 @pytest.mark.parametrize("loss_fn", [clip_loss, tiled_clip_loss], ids=["naive", "tiled"])

@@ -59,7 +59,7 @@ def test_overrides_without_a_file_keep_the_default_stage():
     ("stage.text_reduction.tagger=spacy", "tagger: 'spacy' is not one of builtin, nltk"),
     ("stage.schedule=linear", "stages.0.schedule: 'linear' is not one of cosine, constant"),
     ("train.device=mps", "train.device: 'mps' is not one of auto, cpu, cuda"),
-    ("train.precision=fp16", "train.precision: 'fp16' is not one of auto, fp32, bf16"),
+    ("train.precision=fp8", "train.precision: 'fp8' is not one of auto, fp32, bf16, fp16"),
     ("train.tiled_loss=always", "train.tiled_loss: 'always' is not one of auto, on, off"),
     ("train.parallel=tp", "train.parallel: 'tp' is not one of ddp, fsdp"),
     ("data.caption_choice=last", "data.caption_choice: 'last' is not one of random, first"),

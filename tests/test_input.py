@@ -226,9 +226,9 @@ def test_each_step_reports_how_long_it_waited_for_data(tmp_path, monkeypatch):
     reported = []
     original = Trainer._report
 
-    def record(self, progress, step, loss, lr, rate, waited, loader):
+    def record(self, progress, step, lr, rate, waited, loader):
         reported.append(waited)
-        return original(self, progress, step, loss, lr, rate, waited, loader)
+        return original(self, progress, step, lr, rate, waited, loader)
 
     monkeypatch.setattr(Trainer, "_report", record)
     tiny = ("model_overrides={embed_dim: 32, vision: {image_size: 16, patch_size: 4, width: 64, layers: 1, "

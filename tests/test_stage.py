@@ -61,6 +61,7 @@ def test_uneven_batches_and_unmeetable_rules_fail_before_any_work(tmp_path):
 def test_trainer_and_planner_use_the_same_resolution(tmp_path, monkeypatch):
     """The trainer moves the model, builds the loader and gives the big-batch step its masking
     generator from the resolved stage; ``clipa plan`` reports the same sizes."""
+    import clipa.train.step as step_mod
     import clipa.train.trainer as trainer_mod
 
     cfg = load_config(None, [
@@ -79,12 +80,12 @@ def test_trainer_and_planner_use_the_same_resolution(tmp_path, monkeypatch):
     seen = []
 
     def record(model, images, tokens, loss_fn, **kw):
-        seen.append((images.shape, tokens.shape, kw["generators"]))
-        return 1.0
+        seen.append((images.shape, tokens.shape, tuple(kw["generators"])))
+        return torch.tensor(1.0)
 
-    monkeypatch.setattr(trainer_mod, "forward_backward", record)
+    monkeypatch.setattr(step_mod, "forward_backward", record)  # the trainer's step calls it
     trainer.fit()
-    assert seen == [((32, 3, 16, 16), (32, 8), [trainer.generator])] * 2
+    assert seen == [((32, 3, 16, 16), (32, 8), (trainer.generator,))] * 2
     assert trainer.model.visual.image_size == 16 and trainer.model.context_length == 8
     assert torch.equal(torch.tensor(trainer.model.visual.positional_embedding.shape), torch.tensor([17, 64]))
 

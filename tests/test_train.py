@@ -75,12 +75,13 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    import clipa.train.trainer as trainer_mod
+    import clipa.train.step as step_mod
 
-    cfg = tiny_cfg(tmp_path, "stage.samples=320", "stage.batch_size=32", "train.max_bad_steps=3")
+    # the step counters are read at log steps: log every step to stop at exactly 3
+    cfg = tiny_cfg(tmp_path, "stage.samples=320", "stage.batch_size=32", "train.max_bad_steps=3", "train.log_every=1")
     trainer = Trainer(cfg)
     before = _params(trainer.model)
-    monkeypatch.setattr(trainer_mod, "forward_backward", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(step_mod, "forward_backward", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
         trainer.fit()
     assert trainer.skipped_steps == 3

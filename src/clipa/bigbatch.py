@@ -49,9 +49,12 @@ def forward_backward(
     microbatch_size: int | None = None,
     no_sync: Callable[[], ContextManager] | None = None,
     generators: Sequence[torch.Generator] = (),
-) -> float:
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """One optimizer step's forward and backward: fills ``.grad`` of every parameter and
-    returns the loss. The step is ``loss_fn(*model(images, tokens))``: the model returns
+    returns the loss, detached, on the device (reading it is the caller's choice: it waits
+    for the device). The step is ``loss_fn(*model(images, tokens))``: the model returns
     normalised embeddings, the log-temperature and the bias (or None), and ``loss_fn`` is
     ``clip_loss``, ``tiled_clip_loss``, ``sigmoid_loss`` or their ``global_loss`` form.
     ``model`` may be a DDP/FSDP wrapper.
@@ -62,16 +65,23 @@ def forward_backward(
     gradients are reduced once; the temperature's gradient is added in that last backward.
     ``generators`` are the random sources besides torch's own that the forward draws from
     (the generator given to ``set_token_reduction``): each microbatch's re-run replays them.
+
+    Only the forward passes run under ``autocast`` (a context factory, e.g. bf16): the losses
+    work in fp32 and the backward follows the forward's dtypes. With fp16, ``scaler`` scales
+    what is back-propagated (its ``unscale_`` and ``update`` are the caller's).
     """
     batch = images.shape[0]
+    scale = scaler.scale if scaler is not None else (lambda x: x)
     if microbatch_size is None or microbatch_size >= batch:
-        loss = loss_fn(*model(images, tokens))
-        loss.backward()
-        return loss.item()
+        with autocast():
+            out = model(images, tokens)
+        loss = loss_fn(*out)
+        scale(loss).backward()
+        return loss.detach()
 
     chunks = list(zip(images.split(microbatch_size), tokens.split(microbatch_size)))
     states, imgs, txts = [], [], []
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for x, t in chunks:
             states.append(_rng_state(x.device, generators))
             img, txt, *temps = model(x, t)  # every microbatch returns the same temperature and bias
@@ -90,10 +100,11 @@ def forward_backward(
     for i, ((x, t), state) in enumerate(zip(chunks, states)):
         _set_rng_state(x.device, generators, state)
         with no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext():
-            img, txt, *temps = model(x, t)
+            with autocast():
+                img, txt, *temps = model(x, t)
             surrogate = (img * img_grads[i]).sum() + (txt * txt_grads[i]).sum()
             if i == last:  # shared by all microbatches: its whole gradient, once
                 shared = [p for p in temps if p is not None]
                 surrogate = surrogate + sum((p * g).sum() for p, g in zip(shared, grads[2:]))
-            surrogate.backward()
-    return loss.item()
+            scale(surrogate).backward()
+    return loss.detach()

@@ -24,6 +24,7 @@ torch files with ``weights_only=True``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -213,24 +214,52 @@ def consolidate(path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- RNG state
 
 
+_CUDA_KEY = re.compile(r"^cuda(\d+)$")
+_GENERATOR_KEY = re.compile(r"^generator(?:_([a-z]+))?$")  # "generator_cuda"; plain "generator" before
+
+
 def rng_state(generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """torch's CPU and CUDA generators and the masking generator, for an exact resume."""
+    """torch's CPU and CUDA generators and the masking generator, for an exact resume. The
+    masking generator's key names its device type: a CPU (Mersenne Twister) state and a CUDA
+    (Philox seed and offset) state are different things."""
     out = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             out[f"cuda{i}"] = s
     if generator is not None:
-        out["generator"] = generator.get_state()
+        out[f"generator_{generator.device.type}"] = generator.get_state()
     return out
 
 
 def set_rng_state(states: dict[str, torch.Tensor], generator: torch.Generator | None) -> None:
+    """Restore ``rng_state``'s output on this machine, whatever machine wrote it: CUDA states
+    by device number (cuda2 before cuda10), as many as there are GPUs; the masking generator
+    via ``restore_generator``."""
     torch.set_rng_state(states["cpu"])
-    cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
+    cuda = sorted((int(m.group(1)), v) for k, v in states.items() if (m := _CUDA_KEY.match(k)))
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    if generator is not None and "generator" in states:
-        generator.set_state(states["generator"])
+        torch.cuda.set_rng_state_all([v for _, v in cuda][: torch.cuda.device_count()])
+    if generator is not None:
+        restore_generator(generator, states)
+
+
+def restore_generator(generator: torch.Generator, states: dict[str, torch.Tensor]) -> None:
+    """Set the masking generator from a checkpoint's states. Written on the same device type,
+    the stream continues exactly. From another one (a GPU checkpoint resumed on CPU, or back)
+    the saved state cannot be converted, so the generator is re-seeded from a digest of it:
+    the resumed run is deterministic, though its masks differ from the writer's."""
+    found = [(m.group(1), v) for k, v in states.items() if (m := _GENERATOR_KEY.match(k))]
+    if not found:
+        return
+    device_type, state = found[0]
+    if device_type in (None, generator.device.type):  # None: an older checkpoint, type unnamed
+        try:
+            generator.set_state(state)
+            return
+        except RuntimeError:  # the state of another device type
+            pass
+    digest = hashlib.sha256(state.numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -50,7 +50,7 @@ TaggerName = Literal["builtin", "nltk"]
 CaptionChoice = Literal["random", "first"]
 Schedule = Literal["cosine", "constant"]
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LossName = Literal["clip", "siglip"]
 TiledLoss = Literal["auto", "on", "off"]
 Parallel = Literal["ddp", "fsdp"]
@@ -187,7 +187,7 @@ class DataConfig:
     """Where training pairs come from and how images are augmented."""
 
     source: str = "digits"
-    """The built-in "digits", a webdataset pattern, a csv file or a folder; "::" joins several."""
+    """The built-in "digits" or "world", a webdataset pattern, a csv file or a folder; "::" joins several."""
     weights: list[float] | None = None
     """Per-source sampling weights when ``source`` joins several."""
     csv_image_key: str = "filepath"
@@ -334,7 +334,14 @@ class TrainConfig:
     device: Device = "auto"
     """Where to train: "auto" (CUDA when present), "cpu" or "cuda"."""
     precision: Precision = "auto"
-    """Compute precision: "auto" (bf16 on GPU, fp32 on CPU), "fp32" or "bf16" autocast."""
+    """Compute precision: "auto" (bf16 on a GPU that supports it, else fp16 on GPU, fp32 on
+    CPU), "fp32", "bf16" autocast, or "fp16" autocast with a gradient scaler (V100, T4)."""
+    compile: bool = False
+    """torch.compile the two towers (the first steps of each stage are slower: compilation)."""
+    tf32: bool = True
+    """On CUDA, fp32 matmuls and convolutions use TF32 tensor cores."""
+    cudnn_benchmark: bool = True
+    """On CUDA, cuDNN picks the fastest convolution algorithm for each input shape."""
     loss: LossName = "clip"
     """Contrastive loss: "clip" (softmax InfoNCE) or "siglip" (sigmoid)."""
     tiled_loss: TiledLoss = "auto"
@@ -344,7 +351,12 @@ class TrainConfig:
     parallel: Parallel = "ddp"
     """Data parallelism under torchrun: "ddp" or "fsdp"."""
     fsdp_mixed_precision: bool = False
-    """FSDP keeps bf16 parameters and gradients."""
+    """FSDP gathers bf16 parameters and computes in bf16; gradients are reduced, and the
+    sharded parameters and optimizer state kept, in fp32."""
+    fsdp_reshard_after_forward: bool = False
+    """FSDP frees each block's gathered parameters after every use: least memory, but every
+    block is gathered three times per microbatch. False: gathered once per step, for the
+    memory of one unsharded copy of the parameters."""
     fsdp_cpu_offload: bool = False
     """FSDP offloads parameters to CPU memory."""
     threads: int | None = None
@@ -358,7 +370,8 @@ class TrainConfig:
     log_every: int = 10
     """Steps between log lines."""
     max_bad_steps: int = 5
-    """Consecutive non-finite losses before stopping."""
+    """Consecutive skipped steps (non-finite loss or gradient) before stopping; the count is
+    read, and so checked, at log steps, checkpoints and stage ends."""
     progress: bool = True
     """Show a progress bar."""
     wandb: WandbConfig | None = None

@@ -133,12 +133,22 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
 
 
 def _fully_shard(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """FSDP2 per transformer block and at the root (torch >= 2.7: ``ignored_params``).
+
+    Resharding: with ``train.fsdp_reshard_after_forward=false`` (the default) a block's
+    gathered parameters stay from its forward to its backward, and ``no_sync_factory`` also
+    keeps them across the microbatches of a re-materialised step: each block is all-gathered
+    once per optimizer step. Resharding after every use instead gathers each block three
+    times per microbatch (no-grad embedding pass, re-materialised forward, backward), for the
+    memory of one unsharded copy of the parameters less (bf16 with mixed precision).
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     for t in list(model.parameters()) + list(model.buffers()):
         dist.broadcast(t.data, src=0)
-    kwargs: dict[str, Any] = {"mesh": init_device_mesh(info.device.type, (info.world_size,))}
+    kwargs: dict[str, Any] = {"mesh": init_device_mesh(info.device.type, (info.world_size,)),
+                              "reshard_after_forward": cfg.fsdp_reshard_after_forward}
     root: dict[str, Any] = {}
     if cfg.fsdp_mixed_precision:  # bf16 compute and all-gathers, fp32 gradient reduction and embeddings
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -165,60 +175,128 @@ def _average_grad(p: torch.Tensor) -> None:
     p.grad.div_(dist.get_world_size())
 
 
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def reshard(model: nn.Module) -> None:
+    """Free every gathered FSDP parameter (after a forward that had no backward, such as an
+    evaluation through the sharded model); a no-op for an unsharded model."""
+    if is_sharded(model):
+        for m in _fsdp_modules(model):
+            m.reshard()
+
+
 def full_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Module:
     """``model`` itself, or under FSDP a plain unsharded copy on every rank (a collective).
 
-    For evaluation on rank 0 and for the next stage, which changes the image and text
-    position tables and so needs whole tensors; the copy has no token reduction (the trainer
-    sets each stage's).
+    For the next stage, which changes the image and text position tables and so needs whole
+    tensors on every rank; the copy has no token reduction (the trainer sets each stage's).
+    Evaluation takes ``evaluation_model`` instead, which builds the copy on rank 0 only.
     """
     if not is_sharded(model):
         return model
+    return _plain_copy(wrapped, model, info, main_only=False)
+
+
+def evaluation_model(wrapped: nn.Module, model: nn.Module, info: DistInfo) -> nn.Module | None:
+    """The model rank 0 evaluates (None on the other ranks; a collective under FSDP).
+
+    Unsharded, that is ``model`` itself. Under FSDP the whole weights are gathered tensor by
+    tensor into rank 0's CPU memory and only rank 0 builds a model from them: one extra copy
+    of the model in the job, not one per rank.
+    """
+    if not is_sharded(model):
+        return model if info.is_main else None
+    return _plain_copy(wrapped, model, info, main_only=True)
+
+
+def _plain_copy(wrapped: nn.Module, model: nn.Module, info: DistInfo, main_only: bool) -> nn.Module | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
+    # full_state_dict with cpu_offload gives rank 0 the tensors and the other ranks nothing
+    options = StateDictOptions(full_state_dict=True, cpu_offload=main_only)
+    sd = get_model_state_dict(wrapped, options=options)
+    if main_only and not info.is_main:
+        return None
     with torch.device(info.device):
         plain = CLIP(model.cfg)
     load_weights(plain, sd)
     return plain.train(model.training)
 
 
-def no_sync_factory(wrapped: nn.Module, info: DistInfo) -> Callable[[], ContextManager]:
-    """A context that skips gradient synchronisation (for all but the last microbatch)."""
+def no_sync_factory(wrapped: nn.Module, info: DistInfo, keep_gathered: bool = True) -> Callable[[], ContextManager]:
+    """A context that skips gradient synchronisation (for all but the last microbatch).
+    Under FSDP with ``keep_gathered`` (``not train.fsdp_reshard_after_forward``) it also keeps
+    the gathered parameters after the backward, for the next microbatch."""
     if info.world_size == 1:
         return nullcontext
     if is_sharded(wrapped):
-        return functools.partial(_fsdp_no_sync, wrapped)
+        return functools.partial(_fsdp_no_sync, wrapped, keep_gathered)
     return wrapped.no_sync
 
 
 @contextmanager
-def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
+def _fsdp_no_sync(model: nn.Module, keep_gathered: bool) -> Iterator[None]:
+    """No gradient reduce-scatter and, with ``keep_gathered``, no resharding after this
+    backward either: the next microbatch's forward and backward reuse the gathered
+    parameters (FSDP2's gradient-accumulation pattern)."""
     model.set_requires_gradient_sync(False)
+    model.set_reshard_after_backward(not keep_gathered)
     try:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+        model.set_reshard_after_backward(True)
 
 
-def clip_grad_norm(wrapped: nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip by the global gradient norm; under FSDP the shards' squares are summed over ranks."""
+def grad_norm(wrapped: nn.Module) -> torch.Tensor:
+    """The global gradient norm, as a tensor on the device (nothing waits for it); under
+    FSDP the shards' squares are summed over ranks."""
     from torch.distributed.tensor import DTensor
+    from torch.nn.utils import get_total_norm
 
     grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
     shards = [g.to_local() for g in grads if isinstance(g, DTensor)]
-    if not shards:
-        return torch.nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm)
     plain = [g for g in grads if not isinstance(g, DTensor)]
+    if not shards:
+        return get_total_norm(plain)
     device = plain[0].device if plain else _comm_device()
-    sq = torch.stack([g.float().square().sum().to(device) for g in shards]).sum()
+    sq = get_total_norm(shards).to(device).square()
     dist.all_reduce(sq)
-    sq = sq + sum((g.float().square().sum() for g in plain), torch.zeros((), device=device))
-    total = sq.sqrt()
+    if plain:
+        sq = sq + get_total_norm(plain).square()
+    return sq.sqrt()
+
+
+def clip_grad_norm(wrapped: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients so that their global norm is at most ``max_norm`` (as
+    ``torch.nn.utils.clip_grad_norm_``); returns the norm before clipping, on the device."""
+    from torch.distributed.tensor import DTensor
+
+    total = grad_norm(wrapped)
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in shards + plain:
-        g.mul_(coef.to(g.device, g.dtype))
+    for p in wrapped.parameters():
+        if p.grad is not None:
+            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            g.mul_(coef.to(g.device, g.dtype))
     return total
+
+
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every entry of ``tensors`` is finite, as a 0-d bool tensor on their device;
+    under FSDP each rank checks its shards and the answer is agreed over ranks."""
+    from torch.distributed.tensor import DTensor
+    from torch.nn.utils import get_total_norm
+
+    sharded = any(isinstance(t, DTensor) for t in tensors)
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    bad = (~torch.isfinite(get_total_norm(local, norm_type=float("inf")))).float()  # max |x|: NaN and inf stay
+    if sharded:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad == 0
 
 
 def _comm_device() -> torch.device:

@@ -13,6 +13,11 @@ is then column ``offset + i``. The symmetric InfoNCE needs both gathered sides (
 against all texts, text rows against all images); the sigmoid loss, a sum over pairs, needs
 only ``all_txt`` and ignores ``all_img``. ``global_loss`` makes that call the same way for all.
 
+Precision: whatever the autocast state, every loss computes its logits, log-sum-exp and
+log-sigmoid in fp32 (half-precision embeddings are promoted first). Under bf16 autocast a
+bf16 logit at scale 100 carries an error of about 0.4, enough to change the loss, and the
+tiled loss (fp32 throughout) would disagree with the naive one it replaces at 8,192.
+
 The tiled loss (Inf-CL's idea, docs/reference.md#tiled-loss) writes each cross-entropy as
 ``logsumexp(row) - logit(target)``. Its forward pass keeps only the per-row log-sum-exp,
 accumulated over column tiles with a running maximum (so logit scale 100 cannot overflow),
@@ -41,6 +46,16 @@ def clamp_logit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
     return torch.where(logit_scale > MAX_LOGIT_SCALE, MAX_LOGIT_SCALE, logit_scale)
 
 
+def _fp(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision embeddings are promoted: the log-sum-exp needs fp32 accumulation."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _exact(x: torch.Tensor) -> torch.autocast:
+    """A region where autocast does not lower matmuls to bf16/fp16 (the logits stay fp32)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _global_sides(all_img: torch.Tensor | None, all_txt: torch.Tensor | None, offset: int) -> bool:
     """Whether the InfoNCE call is across ranks (both gathered sides given); checks the pairing."""
     if all_img is None and all_txt is None:
@@ -67,12 +82,17 @@ def clip_loss(
     t is clamped at ln 100 as in CLIP; ``b`` is ignored. Across ranks (see the module
     docstring) the result is OpenCLIP's local loss, whose mean over ranks is the global loss.
     """
-    scale = clamp_logit_scale(t).exp()
+    across = _global_sides(all_img, all_txt, offset)
     labels = torch.arange(img.shape[0], device=img.device) + offset
-    if not _global_sides(all_img, all_txt, offset):  # one matrix serves both directions
-        logits = scale * img @ txt.T
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    return (F.cross_entropy(scale * img @ all_txt.T, labels) + F.cross_entropy(scale * txt @ all_img.T, labels)) / 2
+    with _exact(img):
+        scale = clamp_logit_scale(_fp(t)).exp()
+        img, txt = _fp(img), _fp(txt)
+        if not across:  # one matrix serves both directions
+            logits = scale * img @ txt.T  # [B, B]
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        rows_img = scale * img @ _fp(all_txt).T  # [B_local, B_global]
+        rows_txt = scale * txt @ _fp(all_img).T
+        return (F.cross_entropy(rows_img, labels) + F.cross_entropy(rows_txt, labels)) / 2
 
 
 def sigmoid_loss(
@@ -90,11 +110,13 @@ def sigmoid_loss(
     are its whole share of the pairs (``all_img`` is not needed)."""
     if b is None:
         raise ValueError("sigmoid_loss needs the bias b (the model's logit_bias)")
-    logits = t.exp() * img @ (txt if all_txt is None else all_txt).T + b
-    signs = -torch.ones_like(logits)
-    rows = torch.arange(img.shape[0], device=img.device)
-    signs[rows, rows + offset] = 1
-    return -F.logsigmoid(signs * logits).sum() / img.shape[0]
+    with _exact(img):
+        cols = _fp(txt if all_txt is None else all_txt)
+        logits = _fp(t).exp() * _fp(img) @ cols.T + _fp(b)  # [B_local, B_global]
+        signs = -torch.ones_like(logits)
+        rows = torch.arange(img.shape[0], device=img.device)
+        signs[rows, rows + offset] = 1
+        return -F.logsigmoid(signs * logits).sum() / img.shape[0]
 
 
 def _column_tiles(n_cols: int, n_rows: int, tile: int | None) -> range:
@@ -170,11 +192,6 @@ class _TiledInfoNCE(torch.autograd.Function):
         return dq.mul_(gs), dk.mul_(gs), grad * dlog_scale, None, None, None
 
 
-def _fp(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision embeddings are promoted: the log-sum-exp needs fp32 accumulation."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 def tiled_cross_entropy(
     rows: torch.Tensor,
     cols: torch.Tensor,
@@ -191,7 +208,7 @@ def tiled_cross_entropy(
     """
     if offset < 0 or offset + rows.shape[0] > cols.shape[0]:
         raise ValueError(f"targets {offset}..{offset + rows.shape[0]} fall outside {cols.shape[0]} columns")
-    t = clamp_logit_scale(logit_scale)
+    t = clamp_logit_scale(_fp(logit_scale))
     return _TiledInfoNCE.apply(_fp(rows), _fp(cols), t, offset, tile, False) / rows.shape[0]
 
 
@@ -212,7 +229,7 @@ def tiled_clip_loss(
     bind it with ``functools.partial`` to keep the common signature.
     """
     if not _global_sides(all_img, all_txt, offset):
-        t = clamp_logit_scale(t)
+        t = clamp_logit_scale(_fp(t))
         return _TiledInfoNCE.apply(_fp(img), _fp(txt), t, 0, tile, True) / (2 * img.shape[0])
     return (
         tiled_cross_entropy(img, all_txt, t, offset, tile)
@@ -223,7 +240,7 @@ def tiled_clip_loss(
 # ----------------------------------------------------------------------------- across ranks
 
 
-# torch 2.14 renamed these; the old names remain for torch >= 2.6
+# torch 2.14 renamed these; the old names remain for torch >= 2.7
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 _reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 
@@ -267,6 +284,7 @@ def global_loss(loss_fn: LossFn, rank: int, world_size: int) -> LossFn:
         return loss_fn
 
     def across(img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        img, txt = _fp(img), _fp(txt)  # gathered (and their gradients reduced) in fp32
         loss = loss_fn(img, txt, t, b, all_img=gather_with_grad(img), all_txt=gather_with_grad(txt),
                        offset=rank * img.shape[0])
         mean = loss.detach().clone()

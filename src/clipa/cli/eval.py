@@ -55,16 +55,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def default_evaluation(model: Any, run_cfg: Any, device: str) -> tuple[str, str, dict[str, float]]:
-    """``clipa eval CHECKPOINT`` alone: what the run evaluated during training (held-out digits
-    for a digits run, else its ``eval.data``)."""
+    """``clipa eval CHECKPOINT`` alone: what the run evaluated during training (the held-out
+    digits or world tasks for a built-in run, else its ``eval.data``)."""
     if run_cfg is None:
         raise ValueError("nothing to evaluate: give --data DIR or an ImageNet folder (e.g. --imagenet-val DIR)")
     metrics = evaluate_during_training(model, run_cfg, device)
     if not metrics:
         raise ValueError("this run has no built-in evaluation (not trained on digits, no eval.data): "
                          "give --data DIR or an ImageNet folder")
-    name = "digits" if run_cfg.eval.data is None else Path(run_cfg.eval.data).name
-    return name, "zeroshot" if "acc1" in metrics else "retrieval", metrics
+    name = run_cfg.data.source if run_cfg.eval.data is None else Path(run_cfg.eval.data).name  # digits or world
+    return name, "zeroshot" if any(k.endswith("acc1") for k in metrics) else "retrieval", metrics
 
 
 def output_path(template: str, dataset: str, task: str, several: bool) -> Path:

@@ -5,7 +5,7 @@ Every source, built in or read from disk, gives a :class:`Loader`: iterate for e
 available; the trainer normalises them on its device by :func:`~.transforms.normalise` with the
 loader's ``mean`` and ``std``), ``state_dict()`` for the position after the last batch (passed
 back as ``state`` to continue exactly there) and ``stats()`` for skipped samples by reason.
-:func:`build_train_loader` is the one constructor: a name in :data:`BUILT_IN` (``digits``)
+:func:`build_train_loader` is the one constructor: a name in :data:`BUILT_IN` (``digits``, ``world``)
 builds that module's loader, anything else a :class:`TrainLoader` over shards, CSV or folders.
 
 Two ways to count an epoch:
@@ -52,6 +52,7 @@ STATE_VERSION = 1
 # ``cls(image_size, batch_size, tokenize, seed=, state=, rank=, world_size=)`` and is a Loader.
 BUILT_IN = {
     "digits": "digits:DigitsLoader",
+    "world": "world:WorldLoader",
 }
 
 

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
-def autocast(device: str | torch.device, amp: bool):
-    """bf16 autocast on request (GPU evaluation); fp32 otherwise, as CLIP_benchmark with amp=False."""
-    dev = torch.device(device)
-    return torch.autocast(dev.type, dtype=torch.bfloat16) if amp else nullcontext()
+def autocast(device: str | torch.device, amp: bool | torch.dtype):
+    """Autocast on request: ``amp=True`` is bf16 (GPU evaluation), a dtype is that dtype (a
+    training run's own precision); fp32 otherwise, as CLIP_benchmark with amp=False."""
+    if amp is False:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp is True else amp)
 
 
 def progress(items: Iterable, desc: str, show: bool, total: int | None = None) -> Iterable:

@@ -99,10 +99,12 @@ def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, devic
 
 
 def run_evals(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], eval_cfg: Any,
-              device: str | torch.device) -> dict[str, float]:
-    """The training loop's hook: ``eval_cfg.data`` (an ``EvalConfig``) with its default task."""
+              device: str | torch.device, workers: int = 0, amp: bool | torch.dtype = False) -> dict[str, float]:
+    """The training loop's hook: ``eval_cfg.data`` (an ``EvalConfig``) with its default task,
+    read by ``workers`` loader processes, under the run's autocast dtype ``amp``."""
     evalset = open_data(eval_cfg.data, model.visual.image_size, max_samples=eval_cfg.max_samples)
-    return evaluate_set(model, tokenizer, evalset, default_task(evalset), device, eval_cfg.batch_size)
+    return evaluate_set(model, tokenizer, evalset, default_task(evalset), device, eval_cfg.batch_size,
+                        workers=workers, amp=amp)
 
 
 def result_record(dataset: str, task: str, metrics: dict[str, Any], model: str, pretrained: str) -> dict:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ImageReductionConfig, VisionConfig
-from ..reduction.image import TokenReduction
+from ..reduction.image import TokenReduction, gather_patches
 from .pos_embed import resample_grid, sincos_2d
 from .transformer import Transformer
 
@@ -75,9 +75,21 @@ class VisionTransformer(nn.Module):
             return self.ln_post(x[:, 1:].mean(dim=1))
         return self.ln_post(x)[:, 1:].mean(dim=1)
 
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile the tower in place (its state dict keeps its keys): all of it but the
+        draw of the kept patches, so every token reduction strategy is one graph."""
+        self._encode = torch.compile(self._encode, *args, **kwargs)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches, cls, grid = self._embed(images)  # [B, N, W], [W]
-        patches = self.token_reduction(patches, grid)  # [B, K, W]; K = N outside training
+        p = self.cfg.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        # drawn here, outside what compile() compiles: a torch.Generator cannot enter a graph
+        keep = self.token_reduction.indices(images.shape[0], grid, images.device)  # [B, K] or None
+        return self._encode(images, keep)
+
+    def _encode(self, images: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        patches, cls, _ = self._embed(images)  # [B, N, W], [W]
+        patches = gather_patches(patches, keep)  # [B, K, W]; K = N outside training
         b, _, w = patches.shape
         x = self.ln_pre(torch.cat([cls.expand(b, 1, w), patches], dim=1))  # [B, 1 + K, W]
         x = self.transformer(x)

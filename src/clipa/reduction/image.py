@@ -178,6 +178,13 @@ def keep_indices(
     return r.draw(cfg, batch, gh, gw, device, generator)
 
 
+def gather_patches(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """[B, N, W] -> [B, K, W]: each sample's patches at ``idx`` [B, K] (all of them for None)."""
+    if idx is None:
+        return x
+    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
 class TokenReduction(nn.Module):
     """Drops patch tokens in training, as OpenCLIP's ``PatchDropout``: [B, N, W] -> [B, K, W].
 
@@ -193,13 +200,16 @@ class TokenReduction(nn.Module):
         rule(self.cfg)  # an unknown strategy fails here, not at the first training step
         self.generator = generator
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def indices(self, batch: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+        """The patches each sample keeps [B, K], or None (eval mode, or every patch stays).
+        The draw reads the generator, which a compiled graph cannot: the vision tower calls
+        this outside its compiled part and passes the indices in."""
         if not self.training:
-            return x
-        idx = keep_indices(self.cfg, x.shape[0], grid, x.device, self.generator)  # [B, K]
-        if idx is None:
-            return x
-        return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, K, W]
+            return None
+        return keep_indices(self.cfg, batch, grid, device, self.generator)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return gather_patches(x, self.indices(x.shape[0], grid, x.device))
 
     def extra_repr(self) -> str:
         c = self.cfg

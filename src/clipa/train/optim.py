@@ -29,7 +29,9 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, stage: StageConfig) ->
         lr=stage.lr,
         betas=(optim.beta1, optim.beta2),
         eps=optim.eps,
-        foreach=True,  # one fused update over all tensors, also on CPU (where the default loops)
+        # one kernel over all tensors on CPU and CUDA, and it can skip a step on the device
+        # (found_inf), which train/step.py uses for non-finite steps
+        fused=True,
     )
 
 

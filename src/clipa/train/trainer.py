@@ -1,8 +1,9 @@
 """The training loop: stages in order, one optimizer step per global batch.
 
 The loop knows nothing of which paper an option came from: a stage sets the image size,
-image and text token reduction and the schedule; the step function (``bigbatch``) does
-plain or re-materialised big-batch steps; ``distributed`` decides how the model is wrapped;
+image and text token reduction and the schedule; the step function (``step.TrainStep``)
+does plain or re-materialised big-batch steps in the run's precision without waiting for
+the device; ``distributed`` decides how the model is wrapped;
 ``checkpoint`` what is saved and where a resume starts.
 """
 
@@ -10,26 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from .. import checkpoint, distributed
-from ..bigbatch import forward_backward
 from ..config import ConfigError, DataConfig, RunConfig, StageConfig, to_dict
 from ..data import build_train_loader
-from ..data.transforms import normalise
 from ..hub import create_model
-from ..loss import MAX_LOGIT_SCALE, clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
+from ..loss import clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
 from ..models import CLIP, load_weights
 from ..reduction.text import CaptionTokenizer
 from ..tokenizer import tokenizer_for
 from .logging import RunLogger, check_loggers
 from .optim import build_optimizer, lr_at, set_lr
+from .step import StepStats, TrainStep, autocast_dtype, compile_towers, configure_backends
 from .stage import ResolvedStage, resolve_stage
 
 
@@ -41,8 +39,6 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -50,11 +46,8 @@ class Trainer:
         self.device = self.dist.device
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (
-            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-        )
-        self.input_dtype = torch.bfloat16 if use_bf16 else torch.float32  # what the patch embedding computes in
+        configure_backends(cfg.train, self.device)
+        self.dtype = autocast_dtype(cfg.train.precision, self.device)  # None: fp32
         check_loggers(cfg.train)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         self.out = Path(cfg.train.output_dir)
@@ -74,8 +67,8 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 7919 * self.dist.rank)
         self.wrapped = self.model
         self.writer = None
-        self.bad_steps = 0
-        self.skipped_steps = 0
+        self._skipped_before = 0  # skipped steps of the stages before the current one
+        self.step: TrainStep | None = None
         self.waits: list[float] = []  # data waits of the last log_every steps
         self.results: list[dict] = []
 
@@ -142,12 +135,21 @@ class Trainer:
         # at the end of the previous stage does not: each stage starts them afresh.
         mid_stage = restored is not None and not restored["state"].get("stage_done")
         self.wrapped = distributed.wrap_model(self.model, self.cfg.train, self.dist)
+        if self.cfg.train.compile:
+            compile_towers(self.model, per_block=distributed.is_sharded(self.wrapped))
         optimizer = build_optimizer(self.wrapped, self.cfg.optim, stage)
         if mid_stage:
             checkpoint.load_optimizer(restored, self.wrapped, optimizer, self.dist)
         if mid_stage and "rng" in restored:
             checkpoint.set_rng_state(restored["rng"], self.generator)
-        loss_fn = self._loss_fn(stage)
+        train = self.cfg.train
+        self.step = TrainStep(
+            self.wrapped, self.model.logit_scale, optimizer, self._loss_fn(stage), device=self.device,
+            dtype=self.dtype, microbatch_size=train.microbatch_size, grad_clip=self.cfg.optim.grad_clip,
+            no_sync=distributed.no_sync_factory(self.wrapped, self.dist, not train.fsdp_reshard_after_forward),
+            generators=(self.generator,),
+        )
+        self._skipped_read = 0  # this stage's skipped steps already logged
         total = plan.steps
         loader = self._loader(stage, plan, loader_state)
         self._log(
@@ -165,29 +167,11 @@ class Trainer:
             waited = time.perf_counter()
             batch = next(batches)
             waited = time.perf_counter() - waited  # the step stood idle for data this long
-            # uint8 (pinned on CUDA): copied as a quarter of the bytes, normalised on the device
-            images = normalise(batch["images"].to(self.device, non_blocking=True), self.input_dtype,
-                               loader.mean, loader.std)
-            text = batch["text"].to(self.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss = forward_backward(
-                    self.wrapped, images, text, loss_fn, microbatch_size=self.cfg.train.microbatch_size,
-                    no_sync=distributed.no_sync_factory(self.wrapped, self.dist), generators=[self.generator],
-                )
-            if not math.isfinite(loss):
-                self._skip_step(step)
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                self.bad_steps = 0
-                if self.cfg.optim.grad_clip:
-                    distributed.clip_grad_norm(self.wrapped, self.cfg.optim.grad_clip)
-                optimizer.step()
-                with torch.no_grad():
-                    self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            images, text = self.step.to_device(batch, loader.mean, loader.std)
+            self.step(images, text)  # nothing here waits for the device; _report reads at log steps
             seen += images.shape[0] * self.dist.world_size
             rate = seen / max(1e-9, time.perf_counter() - t0)
-            self._report(progress, step, loss, lr, rate, waited, loader)
+            self._report(progress, step, lr, rate, waited, loader)
             done = step + 1 == total
             every = self.cfg.train.checkpoint_every
             if every and (step + 1) % every == 0 and not done:
@@ -196,10 +180,13 @@ class Trainer:
                 self._evaluate(index, step + 1)
         if progress is not None:
             progress.close()
+        skipped = self._check_steps(total).skipped
         self.model = distributed.full_model(self.wrapped, self.model, self.dist)  # unsharded for eval, next stage
         self.model.visual.set_token_reduction(None)
         self._evaluate(index, total)
         self._save(index, total, optimizer, loader, stage_done=True)
+        self._skipped_before += skipped
+        self.step = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -214,15 +201,29 @@ class Trainer:
             fn = tiled_clip_loss if tiled else clip_loss
         return global_loss(fn, self.dist.rank, self.dist.world_size)
 
-    def _skip_step(self, step: int) -> None:
-        self.bad_steps += 1
-        self.skipped_steps += 1
-        self._log(f"step {step}: non-finite loss, step skipped ({self.bad_steps} in a row)")
-        if self.bad_steps >= self.cfg.train.max_bad_steps:
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss or gradient in this run (reads the device)."""
+        return self._skipped_before + (self.step.read().skipped if self.step is not None else 0)
+
+    def _check_steps(self, step: int) -> StepStats:
+        """Read the step counters (one synchronisation, at log steps, checkpoints and stage ends);
+        stop after ``train.max_bad_steps`` consecutive skipped steps or on non-finite weights."""
+        stats = self.step.read()
+        new = stats.skipped - self._skipped_read
+        self._skipped_read = stats.skipped
+        if new:
+            self._log(f"step {step}: {new} step(s) with a non-finite loss or gradient skipped since the last "
+                      f"log ({stats.consecutive} in a row)")
+        if stats.consecutive >= self.cfg.train.max_bad_steps:
             raise NonFiniteLossError(
-                f"{self.bad_steps} consecutive steps had a NaN or infinite loss; stopping. "
+                f"{stats.consecutive} consecutive steps had a NaN or infinite loss or gradient; stopping. "
                 "Lower the learning rate, check the data, or use train.precision=fp32."
             )
+        if not stats.weights_finite:
+            raise NonFiniteLossError(f"step {step}: the weights are no longer finite; stopping. Resume from the "
+                                     "last checkpoint with a lower learning rate or train.precision=fp32.")
+        return stats
 
     def _progress(self, total: int, start: int, name: str):
         if not (self.cfg.train.progress and self.dist.is_main):
@@ -239,13 +240,20 @@ class Trainer:
     def _global_step(self, index: int, step: int) -> int:
         return sum(s.steps for s in self.stages[:index]) + step
 
-    def _report(self, progress, step: int, loss: float, lr: float, rate: float, waited: float, loader) -> None:
-        """Progress bar and TensorBoard. ``data_wait``: seconds this step waited for its batch (the
-        bar shows the mean over the last ``log_every`` steps); near the step time means input-bound."""
+    def _report(self, progress, step: int, lr: float, rate: float, waited: float, loader) -> None:
+        """Progress every step; the loss and the step counters only every ``train.log_every``
+        steps, the only steps that wait for the device. ``data_wait``: the mean time the last
+        ``log_every`` steps waited for their batches; near the step time means input-bound."""
         self.waits.append(waited)
         every = max(1, self.cfg.train.log_every)
         del self.waits[:-every]
+        if progress is not None:
+            progress.update(1)
+        if (step + 1) % every:
+            return
         wait = sum(self.waits) / len(self.waits)
+        stats = self._check_steps(step + 1)
+        loss = stats.loss
         if progress is not None:
             postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}",
                        "data_wait": f"{1e3 * wait:.0f}ms"}
@@ -253,24 +261,24 @@ class Trainer:
             if bad:
                 postfix["bad"] = bad
             progress.set_postfix(postfix, refresh=False)
-            progress.update(1)
-        if (step + 1) % max(1, self.cfg.train.log_every) == 0 and (tb := self._tb()) is not None:
+        if (tb := self._tb()) is not None:
             g = self._global_step(self.stage_index, step + 1)
             tb.add_scalar("train/loss", loss, g)
             tb.add_scalar("train/lr", lr, g)
             tb.add_scalar("train/samples_per_s", rate, g)
             tb.add_scalar("train/data_wait_s", wait, g)
             tb.add_scalar("train/logit_scale", self.model.logit_scale.exp().item(), g)
+            tb.add_scalar("train/skipped_steps", self._skipped_before + stats.skipped, g)
             for reason, count in loader.stats().items():
                 tb.add_scalar(f"data/skipped_{reason}", count, g)
 
     def _evaluate(self, index: int, step: int) -> None:
         from .evaluate import evaluate_during_training
 
-        model = distributed.full_model(self.wrapped, self.model, self.dist)
-        if not self.dist.is_main:
+        model = distributed.evaluation_model(self.wrapped, self.model, self.dist)  # None on ranks > 0
+        if model is None:
             return
-        metrics = evaluate_during_training(model, self.cfg, self.device)
+        metrics = evaluate_during_training(model, self.cfg, self.device, self.dtype)
         if not metrics:
             return
         record = {"stage": index, "stage_name": self.cfg.stages[index].name, "step": step, **metrics}
@@ -294,7 +302,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "loader": loader.state_dict(),
             "results": self.results,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self._skipped_before + self._check_steps(stage_step).skipped,
         }
         checkpoint.save_checkpoint(
             self.ckpt_dir, state["global_step"], self.wrapped, self.model, optimizer, state,

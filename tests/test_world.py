@@ -1,0 +1,163 @@
+"""The built-in compositional world: captions agree with scenes, held-out parts stay held out,
+the loader resumes exactly, and a short training run learns the attributes."""
+
+import torch
+
+from clipa.data import world
+from clipa.data.world import Scene, WorldLoader, held_out, render
+
+RED, BLUE = world.COLOURS.index("red"), world.COLOURS.index("blue")
+RING, SWAN = world.KINDS.index("ring"), world.KINDS.index("swan")
+# A small red ring (digit 0) in the top left cell, a big blue swan (digit 2) at the bottom right.
+HAND = Scene(kinds=[RING, SWAN], colours=[RED, BLUE], sizes=[0, 1], cells=[0, 3], offsets=[(4, 0), (0, 0)],
+             glyphs=[0, 0])
+
+
+def _words(captions):
+    return {w for c in captions for w in c.replace(".", " ").split()}
+
+
+def test_hand_checked_scene_captions():
+    assert HAND.key() == "ring-red-small@0|swan-blue-big@3"
+    captions = [HAND.caption(t, verb="sits") for t in world.TRAIN_TEMPLATES[2]]
+    assert captions == [
+        "a small red ring sits left of a big blue swan",
+        "a big blue swan sits right of a small red ring",
+        "left of a big blue swan sits a small red ring",
+        "there is a small red ring and right of it a big blue swan",
+        "a picture of a small red ring and a big blue swan",
+    ]
+    true, swapped = world.relation_prompts(HAND)
+    assert true == ["an image where the small red ring is left of the big blue swan.",
+                    "a photo in which the big blue swan is right of the small red ring."]
+    assert swapped == ["an image where the big blue swan is left of the small red ring.",
+                       "a photo in which the small red ring is right of the big blue swan."]
+    column = Scene([SWAN, RING], [BLUE, RED], [1, 0], [1, 3], [(0, 0), (0, 4)], [0, 0])
+    assert column.caption("{A} {v} {ab} {B}", verb="floats") == "a big blue swan floats above a small red ring"
+    assert column.caption("{pA} {v} {A} , then {B} and {C}".replace(" and {C}", "")) == \
+        "at the top right sits a big blue swan , then a small red ring"
+    one = Scene([SWAN], [BLUE], [1], [2], [(0, 0)], [0])
+    assert one.caption("{pA} {v} {A}", verb="rests") == "at the bottom left rests a big blue swan"
+
+
+def test_hand_checked_scene_pixels():
+    """The top left cell's ink is red and small, the bottom right cell's blue and bigger."""
+    glyphs = world._Glyphs("train")
+    scene = Scene([RING, SWAN], [RED, BLUE], [0, 1], [0, 3], [(4, 0), (0, 0)],
+                  [int(glyphs.pools[RING][0]), int(glyphs.pools[SWAN][0])])
+    img = render([scene], glyphs, world.CANVAS)[0] * world.digits.STD[0] + world.digits.MEAN[0]  # [3, 32, 32] in [0, 1]
+    top_left, bottom_right = img[:, :16, :16], img[:, 16:, 16:]
+    assert img[:, :16, 16:].max() == 0 and img[:, 16:, :16].max() == 0  # the other two cells are empty
+    assert top_left.sum(dim=(1, 2)).argmax() == 0 and bottom_right.sum(dim=(1, 2)).argmax() == 2  # red, blue
+    assert (bottom_right.amax(0) > 0.2).sum() > 2 * (top_left.amax(0) > 0.2).sum()  # big vs small
+    rows = (top_left.amax(dim=(0, 2)) > 0).nonzero()[:, 0]
+    assert rows.min() >= 4 and rows.max() < 4 + world.SIZE_PX[0]  # drawn 4 px down its cell
+
+
+def _parse(key):
+    objects = []
+    for part in key.split("|"):
+        attrs, cell = part.split("@")
+        kind, colour, size = attrs.split("-")
+        objects.append((kind, colour, size, int(cell)))
+    return objects
+
+
+def test_training_captions_agree_with_scenes():
+    """Every caption names each object with its own attributes, once, in a template's frame."""
+    loader = WorldLoader(8, 256, lambda c: torch.zeros(len(c), 1), seed=3)
+    for index in range(4):
+        scenes, captions = loader.global_batch(index)
+        for scene, caption in zip(scenes, captions):
+            objects = _parse(scene.key())
+            assert [o[3] for o in objects] == sorted(o[3] for o in objects)  # in reading order
+            for kind, colour, size, _ in objects:
+                assert f"{size} {colour} {kind}" in caption
+            assert sum(caption.count(k) for k in world.KINDS) == len(objects)
+            if len(objects) == 1:
+                assert caption == f"a {size} {colour} {kind}" or world.PLACES[objects[0][3]] in caption
+            relations = ("left of", "right of", "above", "below")
+            if len(objects) == 2 and any(r in caption for r in relations):
+                a, b = (f"{o[2]} {o[1]} {o[0]}" for o in objects)
+                ab, ba = world.relation(objects[0][3], objects[1][3]), world.relation(objects[1][3], objects[0][3])
+                # "A ab B", "B ba A", "ab B ... A" or "A and ba it B": never a wrong relation.
+                assert f"{ab} a {b}" in caption or f"{ba} a {a}" in caption or f"{ba} it a {b}" in caption
+
+
+def test_held_out_pairs_and_wording_never_in_training():
+    loader = WorldLoader(8, 512, lambda c: torch.zeros(len(c), 1), seed=0)
+    seen = set()
+    for index in range(10):
+        scenes, captions = loader.global_batch(index)
+        for scene in scenes:
+            seen |= set(zip(scene.kinds, scene.colours))
+        # Words only the evaluation's prompts use: its frames never occur in training.
+        assert not _words(captions) & {"image", "photo", "where", "which", "shows", "something", "object", "row."}
+    assert len(seen) == 50 and not any(held_out(k, c) for k, c in seen)
+    evaluation = world.eval_world(8)
+    assert len(evaluation.retrieval_captions) == world.EVAL_RETRIEVAL
+    gen = torch.Generator().manual_seed(world.EVAL_SEED)
+    for scene in world.sample_scenes(200, gen, world._Glyphs("test"), held=True):
+        assert all(held_out(k, c) for k, c in zip(scene.kinds, scene.colours))
+
+
+def test_hard_negative_partners():
+    """Every second scene is its neighbour mirrored (a third of the pairs) or with one kind changed."""
+    loader = WorldLoader(8, 1024, lambda c: torch.zeros(len(c), 1), seed=1)
+    scenes, _ = loader.global_batch(0)
+    pairs = [(scenes[i - 1], scenes[i]) for i in range(1, 1024, 2)]
+    mirrored = [(a, b) for a, b in pairs if len(a.kinds) > 1 and b == a.mirrored()]
+    rekinded = [(a, b) for a, b in pairs if len(a.kinds) == len(b.kinds)
+                and sum(x != y for x, y in zip(a.kinds, b.kinds)) == 1
+                and (a.colours, a.sizes, a.cells, a.offsets) == (b.colours, b.sizes, b.cells, b.offsets)]
+    assert 130 < len(mirrored) < 210 and 300 < len(rekinded) < 380 and len(mirrored) + len(rekinded) == 512
+    a, b = mirrored[0]
+    assert a.kinds == b.kinds[::-1] and a.cells == b.cells
+    assert all(not held_out(k, c) for _, b in rekinded for k, c in zip(b.kinds, b.colours))
+
+
+def test_loader_resumes_exactly_and_splits_by_rank():
+    from clipa.tokenizer import clip_tokenizer
+
+    tok = clip_tokenizer(32)
+    whole = iter(WorldLoader(16, 8, tok, seed=5))
+    batches = [next(whole) for _ in range(5)]
+    first = WorldLoader(16, 8, tok, seed=5)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    resumed = iter(WorldLoader(16, 8, tok, seed=5, state=first.state_dict()))
+    for expected in batches[3:]:
+        got = next(resumed)
+        assert got["keys"] == expected["keys"]
+        assert torch.equal(got["images"], expected["images"]) and torch.equal(got["text"], expected["text"])
+    ranks = [next(iter(WorldLoader(16, 4, tok, seed=5, rank=r, world_size=2))) for r in range(2)]
+    assert ranks[0]["keys"] + ranks[1]["keys"] == batches[0]["keys"]
+    assert torch.equal(torch.cat([r["images"] for r in ranks]), batches[0]["images"])
+
+
+MICRO = ["model_overrides.embed_dim=64", "model_overrides.vision.width=64", "model_overrides.vision.layers=2",
+         "model_overrides.vision.head_width=32", "model_overrides.text.width=64", "model_overrides.text.heads=2",
+         "model_overrides.text.layers=2", "model_overrides.text.context_length=32"]
+
+
+def _train_on_world(tmp_path, samples: int) -> dict:
+    from clipa.config import load_config
+    from clipa.train.trainer import Trainer
+
+    cfg = load_config(None, ["data.source=world", *MICRO, f"stage.samples={samples}", "stage.batch_size=128",
+                             "stage.lr=3e-3", "stage.warmup=10", "train.progress=false", f"train.output_dir={tmp_path}"])
+    return Trainer(cfg).fit()[-1]
+
+
+def test_short_run_learns_colour_size_and_retrieval(tmp_path):
+    """32 steps of 128 (about 30 s on two idle cores): colour, size and retrieval well above chance.
+
+    Object identity on held-out kind-colour pairs and left/right/above/below relations stay near
+    chance at such budgets (see the README's studies): they are not asserted here."""
+    from clipa.eval.world import CHANCE
+
+    metrics = _train_on_world(tmp_path, 4096)
+    assert metrics["colour_acc1"] > CHANCE["colour_acc1"] + 0.5
+    assert metrics["size_acc1"] > CHANCE["size_acc1"] + 0.1
+    assert metrics["image_retrieval_recall@5"] > 5 * 5 / world.EVAL_RETRIEVAL  # 5x chance
