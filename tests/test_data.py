@@ -320,11 +320,11 @@ def test_joined_sources_weights_and_caption_choice(tmp_path):
         picked.extend(captions)
         return zero_tokens(captions)
 
-    first = DataConfig(source=f"{a}::{tmp_path}/j.tar", caption_choice="first")
+    first = DataConfig(source=f"{a}::{tmp_path}/j.tar", caption_choice="first", workers=0)  # record: in process
     keys = [k for b in one_epoch(build_train_loader(first, 16, 1, record, seed=0)) for k in b["keys"]]
     assert len(keys) == 10 and {p for k, p in zip(keys, picked) if k.startswith("j")} == {"c0"}
     picked.clear()
-    epochs(build_train_loader(DataConfig(source=f"{tmp_path}/j.tar"), 16, 1, record, seed=0), 3)
+    epochs(build_train_loader(DataConfig(source=f"{tmp_path}/j.tar", workers=0), 16, 1, record, seed=0), 3)
     assert len(set(picked)) > 2  # a caption drawn per sample and epoch
 
     with pytest.raises(ValueError, match="needs data.resampled"):
@@ -419,13 +419,15 @@ def test_loader_pixels_follow_the_public_transform():
     torch.testing.assert_close(normalise(x), ref, atol=1e-5, rtol=0)
 
 
-def test_loader_batches_are_normalised_float_images(tmp_path):
+def test_loader_batches_are_uint8_images(tmp_path):
+    """Loaders hand over uint8 (the trainer normalises on its device)."""
     source = good_shards(tmp_path, 2, 4)
     loader = build_train_loader(DataConfig(source=source), 24, 3, zero_tokens, seed=0, augment=False)
     batch = next(iter(loader))
-    assert batch["images"].dtype == torch.float32 and batch["images"].shape == (3, 3, 24, 24)
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 24, 24)
     assert batch["text"].shape == (3, 4) and len(batch["keys"]) == 3
-    assert -2.0 < batch["images"].min() and batch["images"].max() < 2.7
+    images = normalise(batch["images"])
+    assert images.dtype == torch.float32 and -2.0 < images.min() and images.max() < 2.7
 
 
 _WORKERS_UNDER = """
@@ -478,8 +480,8 @@ def test_two_loader_workers_under_spawn_with_syntax_text_masking(tmp_path):
 
 
 def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
-    """build_train_loader serves ``digits`` like any source: uint8 images normalised with the
-    digits' own mean and std (0.5), stats,
+    """build_train_loader serves ``digits`` like any source: uint8 images with the digits' own
+    mean and std (0.5) declared for the trainer's normalisation, stats,
     a JSON state that continues exactly, and a state from another setup refused."""
     from clipa.data.loader import BUILT_IN, Loader
 
@@ -490,13 +492,12 @@ def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
     first = [next(it) for _ in range(2)]
     state = json.loads(json.dumps(loader.state_dict()))
     rest = [next(it) for _ in range(3)]
-    images = first[0]["images"]
-    assert images.dtype == torch.float32 and images.shape == (8, 3, 16, 16)
-    grey = images * 0.5 + 0.5
-    levels = grey * 255
-    torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)  # normalised from uint8
-    torch.testing.assert_close(grey[:, 0], grey[:, 2], atol=1e-5, rtol=0)  # grey: R = G = B
-    assert levels.round().min() == 0 and levels.round().max() > 200  # black background, white strokes
+    levels = first[0]["images"]
+    assert levels.dtype == torch.uint8 and levels.shape == (8, 3, 16, 16)
+    assert loader.mean == loader.std == (0.5, 0.5, 0.5)
+    torch.testing.assert_close(normalise(levels, mean=loader.mean, std=loader.std), levels / 127.5 - 1)
+    assert torch.equal(levels[:, 0], levels[:, 2])  # grey: R = G = B
+    assert levels.min() == 0 and levels.max() > 200  # black background, white strokes
     resumed = iter(build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3, state=state))
     for want in rest:
         got = next(resumed)

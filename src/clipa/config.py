@@ -55,6 +55,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LossName = Literal["clip", "siglip"]
 TiledLoss = Literal["auto", "on", "off"]
 Parallel = Literal["ddp", "fsdp"]
+DecodeScale = Literal["per_crop", "worst_crop"]
+DecodeDevice = Literal["cpu", "cuda"]
 
 
 def choices(tp: Any) -> tuple[str, ...]:
@@ -195,8 +197,14 @@ class DataConfig:
     """Caption column of a csv source."""
     csv_separator: str = ","
     """Field separator of a csv source."""
-    workers: int = 0
-    """Loader worker processes (0 = in the training process)."""
+    workers: int | None = None
+    """Loader worker processes per training process; None = the CPU cores this process may use
+    divided by the processes on this machine, less one for the training loop (at most 16);
+    0 = decode in the training process."""
+    prefetch_factor: int = 4
+    """Batches each loader worker prepares ahead (DataLoader's prefetch_factor)."""
+    persistent_workers: bool = True
+    """Keep loader workers alive from one epoch to the next (endless streams never restart them)."""
     shuffle_buffer: int = 1000
     """Samples held for shuffling a stream."""
     resampled: bool = False
@@ -215,6 +223,22 @@ class DataConfig:
     """Samples per epoch (webdataset); None = one pass."""
     max_image_pixels: int = 89_478_485
     """Bigger images are skipped as decompression bombs (PIL's default)."""
+    decode_scale: DecodeScale = "per_crop"
+    """JPEG decoding scale (libjpeg's 1/2, 1/4, 1/8): "per_crop" draws the random crop from the
+    header first and decodes at the coarsest scale that still gives that crop the output size;
+    "worst_crop" decodes at the scale the smallest possible crop allows."""
+    decode: DecodeDevice = "cpu"
+    """Where JPEGs are decoded: "cpu" in the loader workers, or "cuda" batched on the GPU
+    (torchvision.io.decode_jpeg with nvJPEG; crop, resize and augmentation on the device)."""
+
+
+@dataclass
+class StageDataConfig:
+    """What a stage reads in place of the run's ``data`` settings (None keeps the run's)."""
+
+    source: str | None = None
+    """This stage's shards, e.g. ones made with ``clipa data resize --size 96`` for an 84 px
+    pretraining stage while the 224 px fine-tune reads the originals; None = ``data.source``."""
 
 
 @dataclass
@@ -231,6 +255,8 @@ class StageConfig:
     """Training text tokens; None = the model's context length."""
     text_reduction: TextReductionConfig = field(default_factory=TextReductionConfig)
     """How captions are cut to ``text_length``."""
+    data: StageDataConfig = field(default_factory=StageDataConfig)
+    """Per-stage data overrides (its own ``source``)."""
     samples: int = 10_000
     """Image-text pairs trained on in this stage."""
     batch_size: int = 256

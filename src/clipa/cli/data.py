@@ -1,10 +1,12 @@
-"""``clipa data convert | inspect``: write webdataset shards; count, check and look at a source."""
+"""``clipa data convert | inspect | resize``: write webdataset shards; count, check and look at a
+source; shrink shards' images for low-resolution pretraining stages."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..data.resize import resize
 from ..data.sources import ColumnError
 from ..data.tools import convert, inspect
 
@@ -32,11 +34,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--grid-samples", type=int, default=16)
     p.add_argument("--max-samples", type=int, help="stop after this many samples")
     _table_options(p)
+
+    p = sub.add_parser("resize", help="rewrite webdataset shards with every image's short side at --size px "
+                                      "(resumable; damaged samples skipped and counted)")
+    p.add_argument("source", help="shards (brace patterns, '::' joins)")
+    p.add_argument("--size", type=int, required=True, help="short side in pixels, e.g. 96 for an 84 px stage")
+    p.add_argument("--output", "-o", required=True, help="folder for the resized shards (same names), "
+                                                         "sizes.json and resize.json (the resume record)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
+    p.add_argument("--workers", type=int, default=1, help="processes resizing shards in parallel")
     data.set_defaults(func=run)
     return data
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "resize":
+        print(json.dumps(resize(args.source, args.output, args.size, args.quality, args.workers), indent=1))
+        return 0
     table = {"image_key": args.image_key, "caption_key": args.caption_key, "separator": args.separator}
     try:
         if args.data_command == "convert":

@@ -5,8 +5,8 @@ zero-shot accuracy means something: 20% of the images are held out, and the held
 evaluation uses prompt templates never seen in training.
 
 A built-in source behind the training loader protocol (:mod:`clipa.data.loader`): batches of
-uint8 images normalised by the one :func:`~clipa.data.transforms.normalise` (with the digits'
-own mean and std, see ``MEAN``), exact resume.
+uint8 images that the trainer normalises by the one :func:`~clipa.data.transforms.normalise`
+with the digits' own mean and std (``MEAN``, ``STD``, declared as the loader's), exact resume.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ class DigitsLoader:
         self.batch_size, self.tokenize, self.seed = batch_size, tokenize, seed
         self.rank, self.world_size = rank, world_size
         self.pin_memory = torch.cuda.is_available()
+        self.mean, self.std = MEAN, STD  # what the trainer normalises these images with
         self.epoch, self.offset = 0, 0
         if state:
             self._load(state)
@@ -139,7 +140,7 @@ class DigitsLoader:
                 ]
                 images = _to_uint8(_augment(self.images[idx], scale, shift))  # [B, 3, S, S]
                 self.offset += global_batch
-                yield {"images": normalise(images, self.pin_memory, MEAN, STD), "text": self.tokenize(captions),
+                yield {"images": images.pin_memory() if self.pin_memory else images, "text": self.tokenize(captions),
                        "keys": [f"digit{i}" for i in idx.tolist()]}
             self.epoch, self.offset = self.epoch + 1, 0
 
@@ -147,7 +148,7 @@ class DigitsLoader:
 def eval_split(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out images (normalised model input) and their labels."""
     _, _, images, labels = _load()
-    return normalise(_to_uint8(_resize(images, image_size)), False, MEAN, STD), labels
+    return normalise(_to_uint8(_resize(images, image_size)), mean=MEAN, std=STD), labels
 
 
 def check_batch(global_batch: int) -> None:

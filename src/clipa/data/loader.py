@@ -1,17 +1,18 @@
 """The training loader the trainer iterates: endless batches, exact position, skip counts.
 
 Every source, built in or read from disk, gives a :class:`Loader`: iterate for endless
-``{"images", "text", "keys"}`` batches (images normalised by :func:`~.transforms.normalise`
-from uint8), ``state_dict()`` for the position after the last batch (passed back as ``state``
-to continue exactly there) and ``stats()`` for skipped samples by reason.
+``{"images", "text", "keys"}`` batches (images uint8, in page-locked memory where CUDA is
+available; the trainer normalises them on its device by :func:`~.transforms.normalise` with the
+loader's ``mean`` and ``std``), ``state_dict()`` for the position after the last batch (passed
+back as ``state`` to continue exactly there) and ``stats()`` for skipped samples by reason.
 :func:`build_train_loader` is the one constructor: a name in :data:`BUILT_IN` (``digits``, ``world``)
 builds that module's loader, anything else a :class:`TrainLoader` over shards, CSV or folders.
 
 Two ways to count an epoch:
 
 - ``data.num_samples`` unset (and not resampled): an epoch is one pass over the data. Each
-  worker reads its share of that pass's shard order and stops; the next epoch starts new
-  DataLoader workers on the next pass. No sample is seen twice in an epoch across ranks
+  worker reads its share of that pass's shard order and stops; in the next epoch the same
+  (persistent) workers, or new ones, read the next pass. No sample is seen twice in an epoch across ranks
   and workers; each worker drops its last partial batch.
 - ``data.num_samples`` set, or ``data.resampled``: workers stream forever (pass after pass,
   or shards drawn with replacement) and an epoch is ``ceil(num_samples / (batch * world))``
@@ -29,19 +30,20 @@ import importlib
 import json
 import logging
 import math
+import os
 import signal
 from collections import Counter
-from dataclasses import asdict
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
+from . import CLIP_MEAN, CLIP_STD
+from .decode import DeviceDecoder, worker_decoder
 from .samples import DecodeOptions, describe
 from .sources import Source, load_source
-from .stream import BatchStream, EmptySourceError, Position, ShardPlan, StreamConfig
-from .transforms import draft_size, eval_pixels, normalise, train_pixels
+from .stream import BatchStream, EmptySourceError, ShardPlan, StreamConfig, start_position
 
 log = logging.getLogger("clipa.data")
 
@@ -58,6 +60,9 @@ BUILT_IN = {
 @runtime_checkable
 class Loader(Protocol):
     """What the trainer needs from a training loader."""
+
+    mean: tuple[float, float, float]  # the normalisation of its uint8 images, per channel
+    std: tuple[float, float, float]
 
     def __iter__(self) -> Iterator[dict]: ...
 
@@ -89,11 +94,18 @@ def check_state(state: dict, version: int, fingerprint: dict) -> None:
 class TrainLoader:
     """Iterable of ``{"images", "text", "keys"}`` batches, forever; see the module docstring."""
 
+    mean, std = CLIP_MEAN, CLIP_STD
+
     def __init__(self, source: Source, cfg: StreamConfig, transform: Callable, tokenize: Callable,
-                 num_workers: int, num_samples: int | None, state: dict | None = None):
+                 num_workers: int, num_samples: int | None, state: dict | None = None,
+                 prefetch_factor: int = 4, persistent_workers: bool = True,
+                 device_decoder: DeviceDecoder | None = None):
         self.source, self.cfg, self.transform, self.tokenize = source, cfg, transform, tokenize
-        self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available()
+        self.device_decoder = device_decoder  # data.decode: cuda: workers pass JPEG bytes, decoded here
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        # persistent workers outlive an epoch (the dataset counts its passes); without workers it is moot
+        self.persistent = persistent_workers and num_workers > 0
+        self.pin_memory = torch.cuda.is_available()  # uint8 batches in page-locked memory: asynchronous copies
         self.plan = ShardPlan(source, cfg)
         self.batches_per_epoch = (
             max(1, math.ceil(num_samples / (cfg.batch_size * cfg.world_size))) if cfg.endless else None
@@ -114,11 +126,7 @@ class TrainLoader:
 
     def _fresh_positions(self, epoch: int) -> list[dict]:
         """Every worker at the start of ``epoch``'s pass (one-pass mode) or of its stream."""
-        out = []
-        for w in range(self.cfg.workers):
-            q = 0 if self.cfg.endless else epoch * self.plan.pass_length(self.cfg.rank * self.cfg.workers + w)
-            out.append(asdict(Position(q=q, lively_q=q)))
-        return out
+        return [start_position(self.plan, self.cfg.rank * self.cfg.workers + w, epoch) for w in range(self.cfg.workers)]
 
     def state_dict(self) -> dict:
         """JSON-able position after the last batch yielded (and the skip counts so far)."""
@@ -144,33 +152,34 @@ class TrainLoader:
     # ------------------------------------------------------------------ iteration
 
     def _dataloader(self) -> DataLoader:
-        c = self.cfg
-        dataset = BatchStream(
-            self.source, c, [dict(p) for p in self.positions], 0 if c.endless else self.epoch,
-            None if c.endless else self._epoch_end(), self.next_worker, self.transform, self.tokenize,
-        )
+        """A DataLoader that starts at the current position and, iterated again, plays the next epochs."""
+        dataset = BatchStream(self.source, self.cfg, [dict(p) for p in self.positions], self.epoch, self.next_worker,
+                              self.transform, self.tokenize)
+        workers = {"prefetch_factor": self.prefetch_factor, "persistent_workers": self.persistent} \
+            if self.num_workers > 0 else {}
         return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-            generator=torch.Generator().manual_seed(c.seed),  # leaves the global RNG alone
-            worker_init_fn=worker_signals,
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(self.cfg.seed), worker_init_fn=worker_signals,
+            **workers,  # the generator leaves the global RNG alone
         )
-
-    def _epoch_end(self) -> list[int]:
-        ends = []
-        for w in range(self.cfg.workers):
-            m = self.plan.pass_length(self.cfg.rank * self.cfg.workers + w)
-            ends.append((self.epoch + 1) * m)
-        return ends
 
     def __iter__(self) -> Iterator[dict]:
+        """uint8 ``[B, 3, S, S]`` images (pinned when CUDA is available; the trainer normalises them
+        on its device), token ids and keys."""
+        loader = None
         while True:
-            for item in self._dataloader():
+            if loader is None or not self.persistent:
+                loader = self._dataloader()
+            for item in loader:
                 worker = item.pop("_worker")
                 self.positions[worker] = json.loads(item.pop("_state"))
                 self.next_worker = (worker + 1) % self.cfg.workers
                 if "images" not in item:  # a worker's final position in one-pass mode
                     continue
-                item["images"] = normalise(item["images"], pin_memory=self.pin_memory)
+                if isinstance(item["images"], list):  # crops and JPEG bytes: decode those on the device
+                    item["images"] = self.device_decoder(item["images"], item.pop("seeds"))
+                    self.skipped.update(self.device_decoder.skipped)
+                    self.device_decoder.skipped.clear()
                 self.batches += 1
                 if self.batches_per_epoch is not None and self.batches == self.batches_per_epoch:
                     self._log_epoch()
@@ -225,14 +234,25 @@ def build_train_loader(
         raise ValueError("data.resampled needs data.num_samples (the samples in an epoch)")
     source = load_source(data.source, data.weights, image_key=data.csv_image_key,
                          caption_key=data.csv_caption_key, separator=data.csv_separator)
-    if augment:
-        transform, draft = train_pixels(image_size, data), draft_size(image_size, data.scale[0])
-    else:
-        transform, draft = eval_pixels(image_size), image_size
+    workers = default_workers() if data.workers is None else data.workers
     cfg = StreamConfig(
-        seed=seed, rank=rank, world_size=world_size, workers=max(1, data.workers), batch_size=batch_size,
+        seed=seed, rank=rank, world_size=world_size, workers=max(1, workers), batch_size=batch_size,
         shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
         endless=data.num_samples is not None or data.resampled,
-        decode=DecodeOptions(data.caption_choice, data.max_image_pixels, draft),
+        decode=DecodeOptions(data.caption_choice, data.max_image_pixels),
     )
-    return TrainLoader(source, cfg, transform, tokenize, data.workers, data.num_samples, state)
+    device_decoder = None
+    if data.decode == "cuda" and augment:
+        device_decoder = DeviceDecoder(image_size, data, "cuda")
+        device_decoder.check()  # no GPU or no codec: one line now, not in the first step
+    return TrainLoader(source, cfg, worker_decoder(image_size, data, augment), tokenize, workers, data.num_samples,
+                       state, data.prefetch_factor, data.persistent_workers, device_decoder)
+
+
+def default_workers() -> int:
+    """Loader workers for ``data.workers: null``: the CPU cores this process may run on, shared
+    among the training processes on this machine (torchrun's LOCAL_WORLD_SIZE), less one core
+    for the training loop itself; at least 1, at most 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(16, per_process - 1))

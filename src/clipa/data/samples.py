@@ -114,38 +114,60 @@ def pick_caption(captions: list[str], choice: str, seed: int) -> str:
     return captions[0] if choice == "first" else captions[(seed >> 11) % len(captions)]
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None, mode: str | None = "RGB") -> Image.Image:
-    """Bytes -> loaded image in ``mode`` (None: as stored); the size guard runs on the header,
-    before any pixel is decoded."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> an opened image whose header (size, format) is read and checked against
+    ``max_pixels``; no pixel is decoded yet."""
     if not data:
         raise BadSample("empty_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            w, h = image.size
-            if w * h > max_pixels:
-                raise BadSample("decompression_bomb", f"{w}x{h} pixels")
-            if draft_size is not None and image.format == "JPEG":
+    except Image.DecompressionBombError as e:
+        raise BadSample("decompression_bomb", str(e)) from None
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ...
+        raise BadSample("corrupt_image", f"{type(e).__name__}: {e}") from None
+    w, h = image.size
+    if w * h > max_pixels:
+        raise BadSample("decompression_bomb", f"{w}x{h} pixels")
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None, mode: str | None = "RGB",
+                 before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
+    """Bytes -> loaded image in ``mode`` (None: as stored); the size guard runs on the header,
+    before any pixel is decoded.
+
+    ``before_load`` sees the opened, not yet decoded image (size and format known) and may
+    call ``draft`` on it instead of the fixed ``draft_size`` (see :mod:`clipa.data.decode`)."""
+    image = open_image(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if before_load is not None:
+                before_load(image)
+            elif draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            return image if mode is None else image.convert(mode)
-    except BadSample:
-        raise
+            return image if mode in (None, image.mode) else image.convert(mode)  # convert would copy
     except Image.DecompressionBombError as e:
         raise BadSample("decompression_bomb", str(e)) from None
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ...
         raise BadSample("corrupt_image", f"{type(e).__name__}: {e}") from None
 
 
-def decode_sample(raw: dict, options: DecodeOptions,
-                  target: Callable[[dict], Any] = captions_of) -> tuple[Any, Image.Image]:
+def decode_sample(raw: dict, options: DecodeOptions, target: Callable[[dict], Any] = captions_of,
+                  image: Callable[[bytes], Any] | None = None) -> tuple[Any, Any]:
     """(target, image) of a raw sample, or BadSample; the target (by default the captions;
-    :func:`label_of` for classification) is checked first, as it is cheap."""
+    :func:`label_of` for classification) is checked first, as it is cheap. ``image`` turns the
+    image bytes into what the caller wants (the training loader's crop-while-decoding, see
+    :func:`clipa.data.decode.image_decoder`); by default a PIL image as ``options`` say."""
     if "__damaged__" in raw:
         raise BadSample("corrupt_shard", raw["__damaged__"])
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise BadSample("missing_image")
     found = target(raw)
+    if image is not None:
+        return found, image(raw[ext])
     return found, decode_image(raw[ext], options.max_image_pixels, options.draft_size, options.mode)

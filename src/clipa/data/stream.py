@@ -17,12 +17,12 @@ from __future__ import annotations
 import bisect
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from .samples import BadSample, DecodeOptions, count_skip, decode_sample, describe, pick_caption
 from .sources import Source
@@ -122,7 +122,8 @@ class WorkerStream:
 
     def __init__(self, source: Source, cfg: StreamConfig, plan: ShardPlan, g: int, position: dict,
                  stream_id: int, end_q: int | None, transform: Callable, tokenize: Callable):
-        """``transform``: uint8 image tensor -> uint8 ``[3, S, S]``; batches stay uint8 (the
+        """``transform``: image bytes -> uint8 ``[3, S, S]`` (decoding included, so that the crop can
+        be drawn before the pixels are decoded); batches stay uint8 (the
         loader normalises them in the main process: a quarter of the bytes between processes)."""
         self.source, self.cfg, self.plan, self.g = source, cfg, plan, g
         self.pos = Position(**position)
@@ -192,60 +193,79 @@ class WorkerStream:
             pos.emitted += 1
             yield out[1]
 
-    def _pixels(self, image, seed: int) -> torch.Tensor:
-        """PIL image -> uint8 tensor through the transform, its randomness seeded per sample."""
+    def _pixels(self, data: bytes, seed: int) -> torch.Tensor:
+        """Image bytes -> uint8 tensor through the transform, its randomness seeded per sample."""
         saved = torch.get_rng_state() if self.in_process else None
         torch.default_generator.manual_seed(seed)
-        out = self.transform(pil_to_tensor(image))
-        if saved is not None:
-            torch.set_rng_state(saved)
-        return out
+        try:
+            return self.transform(data)
+        finally:
+            if saved is not None:
+                torch.set_rng_state(saved)
 
     def batches(self) -> Iterator[dict]:
         """Full uint8 batches, each with the position after it; then (one-pass mode) a final position."""
         if self.pos.done:
             return
         self._restore_buffer()
-        keys, captions, images = [], [], []
+        keys, captions, images, seeds = [], [], [], []
         for raw in self._shuffled():
             seed = mix(self.cfg.seed, _SAMPLE, self.stream_id, self.g, self.pos.emitted)
             try:
-                all_captions, image = decode_sample(raw, self.cfg.decode)
+                all_captions, image = decode_sample(raw, self.cfg.decode, image=partial(self._pixels, seed=seed))
             except BadSample as e:
                 self._skip(e.reason, f"{raw.get('__url__')} {raw['__key__']}", str(e))
                 continue
             self.pos.lively_q = self.pos.q
             keys.append(raw["__key__"])
             captions.append(pick_caption(all_captions, self.cfg.decode.caption_choice, seed))
-            images.append(self._pixels(image, seed))
+            images.append(image)
+            seeds.append(seed)
             if len(keys) == self.cfg.batch_size:
-                yield {"images": torch.stack(images), "text": self.tokenize(captions), "keys": keys,
-                       "_state": self.snapshot()}
-                keys, captions, images = [], [], []
+                batch = {"text": self.tokenize(captions), "keys": keys, "_state": self.snapshot()}
+                if all(x.dim() == 3 for x in images):
+                    batch["images"] = torch.stack(images)  # [B, 3, S, S] uint8
+                else:  # JPEG bytes among them, decoded on the GPU by the loader (data.decode: cuda)
+                    batch["images"], batch["seeds"] = images, seeds
+                yield batch
+                keys, captions, images, seeds = [], [], [], []
         self.pos.done = True
         yield {"_state": self.snapshot()}
+
+
+def start_position(plan: ShardPlan, g: int, epoch: int) -> dict:
+    """Worker ``g``'s position at the start of ``epoch``'s pass (one-pass mode) or of its stream."""
+    q = 0 if plan.cfg.endless else epoch * plan.pass_length(g)
+    return asdict(Position(q=q, lively_q=q))
 
 
 class BatchStream(IterableDataset):
     """The IterableDataset a DataLoader runs: each worker process plays one logical worker.
 
-    ``rotation`` makes DataLoader worker 0 play logical worker ``rotation``, so that a
-    resumed loader continues the round-robin order of batches where the old one stopped.
+    The first pass over it starts the workers at ``positions`` (one-pass mode: in ``epoch``),
+    with DataLoader worker 0 playing logical worker ``rotation``, so that a resumed loader
+    continues the round-robin order of batches where the old one stopped. Each further pass
+    (a persistent worker iterated again) is the next epoch from its start, unrotated.
     """
 
-    def __init__(self, source: Source, cfg: StreamConfig, positions: list[dict], stream_id: int,
-                 epoch_end: list[int] | None, rotation: int, transform: Callable, tokenize: Callable):
+    def __init__(self, source: Source, cfg: StreamConfig, positions: list[dict], epoch: int, rotation: int,
+                 transform: Callable, tokenize: Callable):
         self.source, self.cfg, self.positions = source, cfg, positions
-        self.stream_id, self.epoch_end, self.rotation = stream_id, epoch_end, rotation
+        self.epoch, self.rotation = epoch, rotation
         self.transform, self.tokenize = transform, tokenize
+        self.passes = 0  # counted in each worker's own copy (persistent workers keep it)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker = ((info.id if info else 0) + self.rotation) % self.cfg.workers
+        first, epoch = self.passes == 0, self.epoch + self.passes
+        self.passes += 1
+        worker = ((info.id if info else 0) + (self.rotation if first else 0)) % self.cfg.workers
         g = self.cfg.rank * self.cfg.workers + worker
+        plan = ShardPlan(self.source, self.cfg)
         stream = WorkerStream(
-            self.source, self.cfg, ShardPlan(self.source, self.cfg), g, self.positions[worker], self.stream_id,
-            None if self.epoch_end is None else self.epoch_end[worker], self.transform, self.tokenize,
+            self.source, self.cfg, plan, g, self.positions[worker] if first else start_position(plan, g, epoch),
+            0 if self.cfg.endless else epoch, None if self.cfg.endless else (epoch + 1) * plan.pass_length(g),
+            self.transform, self.tokenize,
         )
         for item in stream.batches():
             item["_worker"] = worker

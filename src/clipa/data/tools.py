@@ -43,7 +43,7 @@ def scan(source: Source, skipped: Counter, limit: int | None = None) -> Iterator
             skipped[e.reason] += 1
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode = len(data), 0o644
     tar.addfile(info, io.BytesIO(data))
@@ -71,9 +71,9 @@ def convert(source: str, out_dir: str | Path, shard_size: int = 10_000, image_ke
             tar, count = tarfile.open(out / f".{len(sizes):05d}.tar.tmp", "w", format=tarfile.USTAR_FORMAT), 0
         key = f"{sum(sizes.values()) + count:09d}"
         ext = next(e for e in IMAGE_EXTS if e in raw)
-        _add_member(tar, f"{key}.{'jpg' if ext == 'jpeg' else ext}", raw[ext])
-        _add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
-        _add_member(tar, f"{key}.json", json.dumps({"key": raw["__key__"], "captions": captions}).encode("utf-8"))
+        add_member(tar, f"{key}.{'jpg' if ext == 'jpeg' else ext}", raw[ext])
+        add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
+        add_member(tar, f"{key}.json", json.dumps({"key": raw["__key__"], "captions": captions}).encode("utf-8"))
         count += 1
         if count == shard_size:
             close()

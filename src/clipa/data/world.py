@@ -165,8 +165,8 @@ def sample_scenes(n: int, gen: torch.Generator, glyphs: _Glyphs, held: bool,
     return scenes
 
 
-def render(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tensor:
-    """Scenes -> normalised model input [B, 3, image_size, image_size]."""
+def draw(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tensor:
+    """Scenes -> uint8 pixels [B, 3, image_size, image_size], as every loader hands them over."""
     canvas = torch.zeros(len(scenes), 3, CANVAS, CANVAS)
     for b, s in enumerate(scenes):
         for c, z, cell, (dy, dx), g in zip(s.colours, s.sizes, s.cells, s.offsets, s.glyphs):
@@ -178,8 +178,13 @@ def render(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tenso
     if image_size != CANVAS:
         canvas = F.interpolate(canvas, size=(image_size, image_size), mode="bilinear", antialias=True,
                                align_corners=False)
-    # Through uint8, as every loader's images, then the one normalisation with the digits' statistics.
-    return normalise(canvas.mul(255).round_().clamp_(0, 255).to(torch.uint8), False, digits.MEAN, digits.STD)
+    return canvas.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def render(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tensor:
+    """Scenes -> normalised model input [B, 3, image_size, image_size]: :func:`draw`, then the one
+    normalisation with the digits' statistics (as the trainer normalises the loader's batches)."""
+    return normalise(draw(scenes, glyphs, image_size), mean=digits.MEAN, std=digits.STD)
 
 
 class WorldLoader:
@@ -203,6 +208,8 @@ class WorldLoader:
         self.glyphs = _Glyphs("train")
         self.image_size, self.batch_size, self.tokenize, self.seed = image_size, batch_size, tokenize, seed
         self.rank, self.world_size = rank, world_size
+        self.mean, self.std = digits.MEAN, digits.STD  # what the trainer normalises these images with
+        self.pin_memory = torch.cuda.is_available()
         self.index = state["index"] if state else 0
 
     def state_dict(self) -> dict:
@@ -244,9 +251,10 @@ class WorldLoader:
             scenes, captions = self.global_batch(self.index)
             mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
             scenes, captions = scenes[mine], captions[mine]
-            images = render(scenes, self.glyphs, self.image_size)
+            images = draw(scenes, self.glyphs, self.image_size)  # uint8
             self.index += 1
-            yield {"images": images, "text": self.tokenize(captions), "keys": [s.key() for s in scenes]}
+            yield {"images": images.pin_memory() if self.pin_memory else images, "text": self.tokenize(captions),
+                   "keys": [s.key() for s in scenes]}
 
 
 # ----------------------------------------------------------------------------- evaluation sets

@@ -25,6 +25,7 @@ import torch.nn as nn
 from .. import distributed
 from ..bigbatch import forward_backward
 from ..config import Precision, TrainConfig
+from ..data.transforms import normalise
 from ..loss import MAX_LOGIT_SCALE, LossFn
 
 
@@ -110,6 +111,7 @@ class TrainStep:
         self.wrapped, self.temperature, self.optimizer, self.loss_fn = wrapped, temperature, optimizer, loss_fn
         self.device, self.microbatch_size, self.grad_clip = device, microbatch_size, grad_clip
         self.no_sync, self.generators = no_sync, generators
+        self.dtype = dtype
         self.autocast: Callable[[], ContextManager] = (
             nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
         )
@@ -120,10 +122,12 @@ class TrainStep:
         self._skipped, self._run, self._worst = zero.clone(), zero.clone(), zero.clone()
         self._loss = torch.full((), float("nan"), device=device)
 
-    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(self, batch: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Where a loader batch arrives on the device: (images, text). Copies are non-blocking
-        (the loaders pin their batches); device-side preprocessing belongs here."""
-        return (batch["images"].to(self.device, non_blocking=True),
+        (the loaders pin their batches); the uint8 images (a quarter of float32's bytes) are
+        normalised with the loader's ``mean`` and ``std`` and cast to the compute dtype here."""
+        images = batch["images"].to(self.device, non_blocking=True)
+        return (normalise(images, self.dtype or torch.float32, mean, std),
                 batch["text"].to(self.device, non_blocking=True))
 
     def __call__(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

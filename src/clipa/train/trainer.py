@@ -9,6 +9,7 @@ the device; ``distributed`` decides how the model is wrapped;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from contextlib import ExitStack
@@ -18,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from .. import checkpoint, distributed
-from ..config import ConfigError, RunConfig, StageConfig, to_dict
+from ..config import ConfigError, DataConfig, RunConfig, StageConfig, to_dict
 from ..data import build_train_loader
 from ..hub import create_model
 from ..loss import clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
@@ -72,6 +73,7 @@ class Trainer:
         self.writer = None
         self._skipped_before = 0  # skipped steps of the stages before the current one
         self.step: TrainStep | None = None
+        self.waits: list[float] = []  # data waits of the last log_every steps
         self.results: list[dict] = []
 
     # ------------------------------------------------------------------ set-up per stage
@@ -91,10 +93,16 @@ class Trainer:
         tokenize = CaptionTokenizer(tokenizer_for(self.model), plan.text_length, stage.text_reduction,
                                     seed=self.cfg.train.seed)
         return build_train_loader(
-            self.cfg.data, plan.image_size, plan.local_batch, tokenize,
+            self.data_for(stage), plan.image_size, plan.local_batch, tokenize,
             seed=self.cfg.train.seed + 1000 * self.stage_index, rank=self.dist.rank,
             world_size=self.dist.world_size, state=state,
         )
+
+    def data_for(self, stage: StageConfig) -> DataConfig:
+        """The run's ``data`` with the stage's own overrides (``stages[i].data.source``)."""
+        if stage.data.source is None:
+            return self.cfg.data
+        return dataclasses.replace(self.cfg.data, source=stage.data.source)
 
     # ------------------------------------------------------------------ main loop
 
@@ -173,11 +181,14 @@ class Trainer:
         for step in range(start_step, total):
             lr = lr_at(step, total, stage)
             set_lr(optimizer, lr)
-            images, text = self.step.to_device(next(batches))
+            waited = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - waited  # the step stood idle for data this long
+            images, text = self.step.to_device(batch, loader.mean, loader.std)
             self.step(images, text)  # nothing here waits for the device; _report reads at log steps
             seen += images.shape[0] * self.dist.world_size
             rate = seen / max(1e-9, time.perf_counter() - t0)
-            self._report(progress, step, lr, rate, loader)
+            self._report(progress, step, lr, rate, waited, loader)
             done = step + 1 == total
             every = self.cfg.train.checkpoint_every
             stop = self._stop_signal()
@@ -252,17 +263,23 @@ class Trainer:
     def _global_step(self, index: int, step: int) -> int:
         return sum(s.steps for s in self.stages[:index]) + step
 
-    def _report(self, progress, step: int, lr: float, rate: float, loader) -> None:
+    def _report(self, progress, step: int, lr: float, rate: float, waited: float, loader) -> None:
         """Progress every step; the loss and the step counters only every ``train.log_every``
-        steps, the only steps that wait for the device."""
+        steps, the only steps that wait for the device. ``data_wait``: the mean time the last
+        ``log_every`` steps waited for their batches; near the step time means input-bound."""
+        self.waits.append(waited)
+        every = max(1, self.cfg.train.log_every)
+        del self.waits[:-every]
         if progress is not None:
             progress.update(1)
-        if (step + 1) % max(1, self.cfg.train.log_every):
+        if (step + 1) % every:
             return
+        wait = sum(self.waits) / len(self.waits)
         stats = self._check_steps(step + 1)
         loss = stats.loss
         if progress is not None:
-            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
+            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}",
+                       "data_wait": f"{1e3 * wait:.0f}ms"}
             bad = sum(loader.stats().values())
             if bad:
                 postfix["bad"] = bad
@@ -272,6 +289,7 @@ class Trainer:
             tb.add_scalar("train/loss", loss, g)
             tb.add_scalar("train/lr", lr, g)
             tb.add_scalar("train/samples_per_s", rate, g)
+            tb.add_scalar("train/data_wait_s", wait, g)
             tb.add_scalar("train/logit_scale", self.model.logit_scale.exp().item(), g)
             tb.add_scalar("train/skipped_steps", self._skipped_before + stats.skipped, g)
             for reason, count in loader.stats().items():
