@@ -272,7 +272,7 @@ def test_every_kind_of_bad_evaluation_sample_is_counted(tmp_path, weights):
 
 def test_given_templates_replace_a_benchmark_sets_own_and_must_exist(tmp_path):
     (tmp_path / "test").mkdir()
-    _tar(tmp_path / "test" / "0.tar", [(f"s{i}", {"jpg": _jpeg((i * 40, 0, 0)), "cls": b"0"}) for i in range(2)])
+    write_samples(tmp_path / "test" / "0.tar", [(f"s{i}", {"jpg": _jpeg((i * 40, 0, 0)), "cls": b"0"}) for i in range(2)])
     (tmp_path / "classnames.txt").write_text("red\n")
     (tmp_path / "zeroshot_classification_templates.txt").write_text("a {c} square.\n")
     mine = tmp_path / "mine.txt"
@@ -283,6 +283,6 @@ def test_given_templates_replace_a_benchmark_sets_own_and_must_exist(tmp_path):
         open_data(tmp_path, 16, templates=str(tmp_path / "missing.txt"))
     shards = tmp_path / "captions"
     shards.mkdir()
-    _tar(shards / "0.tar", [("c0", {"jpg": _jpeg((0, 0, 0)), "txt": b"a black square"})])
+    write_samples(shards / "0.tar", [("c0", {"jpg": _jpeg((0, 0, 0)), "txt": b"a black square"})])
     with pytest.raises(ValueError, match="is a retrieval set, which uses no templates"):
         open_data(shards, 16, templates=str(mine))

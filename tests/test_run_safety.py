@@ -395,7 +395,7 @@ def _torchrun(out, port: int) -> subprocess.Popen:
            "--master-port", str(port), "-m", "clipa", "train", *DDP_RUN, "stage.samples=320",
            "train.checkpoint_every=2", "train.resume=auto", "train.timeout_minutes=2", f"train.output_dir={out}"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "LOGLEVEL": "INFO"})  # torchrun's restarts
 
 
 @pytest.mark.slow
@@ -407,7 +407,8 @@ def test_torchrun_restarts_after_a_killed_worker_finish_identical(tmp_path):
 
     straight = _torchrun(tmp_path / "straight", _free_port())
     t0 = time.monotonic()
-    assert straight.wait(timeout=600) == 0, straight.stdout.read()[-3000:]
+    output = straight.communicate(timeout=600)[0]
+    assert straight.returncode == 0, output[-3000:]
     duration = time.monotonic() - t0
     reference = final_weights(tmp_path / "straight")
     rng = random.Random(0)
@@ -461,10 +462,10 @@ def test_a_stalled_rank_is_named_after_the_timeout(tmp_path):
 def test_ctrl_c_to_the_whole_process_group_saves_with_loader_workers(tmp_path):
     """A terminal's Ctrl-C (and SLURM's signal) reaches the loader workers too: they must
     leave it to the training process, which finishes its step and saves."""
-    from test_eval_data import _jpeg, _tar
+    from conftest import image_bytes, write_samples
 
-    _tar(tmp_path / "shard-0.tar", [(f"s{i}", {"jpg": _jpeg((i * 4, 0, 0)), "txt": f"a red {i} square".encode()})
-                                    for i in range(64)])
+    write_samples(tmp_path / "shard-0.tar", [(f"s{i}", {"jpg": image_bytes(i), "txt": f"a red {i} square".encode()})
+                                             for i in range(64)])
     cmd = [sys.executable, "-m", "clipa", "train", *TINY, f"data.source={tmp_path / 'shard-0.tar'}",
            "data.workers=2", "data.shuffle_buffer=8", "stage.samples=3200", "stage.batch_size=16",
            f"train.output_dir={tmp_path / 'run'}"]
