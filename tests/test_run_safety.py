@@ -400,22 +400,24 @@ def _torchrun(out, port: int) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_torchrun_restarts_after_a_killed_worker_finish_identical(tmp_path):
-    """``torchrun --max-restarts 2 ... train.resume=auto`` with a worker SIGKILLed at a random
-    moment, 10 times: each run finishes, bit-identical to an uninterrupted one."""
+    """``torchrun --max-restarts 2 ... train.resume=auto`` with a worker SIGKILLed once it has
+    written 0-3 checkpoints (plus up to 2 s), 10 times: each run finishes, bit-identical to an
+    uninterrupted one."""
     import random
     import time
 
     straight = _torchrun(tmp_path / "straight", _free_port())
-    t0 = time.monotonic()
     output = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, output[-3000:]
-    duration = time.monotonic() - t0
     reference = final_weights(tmp_path / "straight")
     rng = random.Random(0)
     for i in range(10):
-        out = tmp_path / f"run{i}"
+        out, written = tmp_path / f"run{i}", rng.randrange(4)
         proc = _torchrun(out, _free_port())
-        time.sleep(rng.uniform(0.4, 0.9) * duration)
+        while proc.poll() is None and (not _children(proc.pid)
+                                       or len(checkpoint.step_folders(out / "checkpoints")) < written):
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0, 2))
         workers = _children(proc.pid)
         assert workers, f"try {i}: the run ended before a worker could be killed"
         os.kill(rng.choice(workers), signal.SIGKILL)
@@ -423,68 +425,6 @@ def test_torchrun_restarts_after_a_killed_worker_finish_identical(tmp_path):
         assert proc.returncode == 0, f"try {i}: " + output[-3000:]
         assert "will restart worker group" in output, f"try {i}: no restart happened"
         assert_identical(final_weights(out), reference)
-
-
-def _stall_worker(rank: int, port: int, out: str) -> None:
-    import time
-
-    from clipa import distributed
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    info = distributed.init_distributed("cpu", timeout_minutes=0.05)  # 3 s
-    if rank == 1:
-        time.sleep(10)  # stalled (a hung data read, a dead node)
-    try:
-        distributed.barrier(info, "a checkpoint")
-        message = "passed"
-    except distributed.StalledRankError as e:
-        message = str(e)
-    with open(f"{out}/rank{rank}.txt", "w") as f:
-        f.write(message)
-    os._exit(0)  # the group is broken: leave without the teardown
-
-
-@pytest.mark.slow
-def test_a_stalled_rank_is_named_after_the_timeout(tmp_path):
-    import time
-
-    import torch.multiprocessing as mp
-
-    t0 = time.monotonic()
-    mp.start_processes(_stall_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    message = (tmp_path / "rank0.txt").read_text()
-    assert "rank 0 waited in vain for the others at a checkpoint" in message
-    assert "Ranks 1 failed to pass monitoredBarrier in 3000 ms" in message
-    assert time.monotonic() - t0 < 120
-
-
-def test_ctrl_c_to_the_whole_process_group_saves_with_loader_workers(tmp_path):
-    """A terminal's Ctrl-C (and SLURM's signal) reaches the loader workers too: they must
-    leave it to the training process, which finishes its step and saves."""
-    from conftest import image_bytes, write_samples
-
-    write_samples(tmp_path / "shard-0.tar", [(f"s{i}", {"jpg": image_bytes(i), "txt": f"a red {i} square".encode()})
-                                             for i in range(64)])
-    cmd = [sys.executable, "-m", "clipa", "train", *TINY, f"data.source={tmp_path / 'shard-0.tar'}",
-           "data.workers=2", "data.shuffle_buffer=8", "stage.samples=3200", "stage.batch_size=16",
-           f"train.output_dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    lines = []
-    for line in proc.stdout:  # the stage has started: workers are reading
-        lines.append(line)
-        if line.startswith("stage 0"):
-            break
-    import time
-
-    time.sleep(3)
-    os.killpg(proc.pid, signal.SIGINT)
-    output = "".join(lines) + proc.communicate(timeout=300)[0]
-    assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
-    assert "stopped by SIGINT: checkpoint saved in" in output, output[-3000:]
-    assert output.count("SIGINT received") == 1, output[-3000:]  # the workers neither die nor announce it
-    assert checkpoint.step_folders(tmp_path / "run" / "checkpoints")
 
 
 # ----------------------------------------------------------------------------- one line per mistake
