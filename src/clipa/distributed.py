@@ -97,13 +97,6 @@ def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
     return dist.PrefixStore(f"clipa/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
 
 
-def local_batch_size(global_batch: int, info: DistInfo) -> int:
-    """Each rank's share of ``stage.batch_size``, which is the global (contrastive) batch."""
-    if global_batch % info.world_size:
-        raise ValueError(f"stage.batch_size={global_batch} does not split evenly over {info.world_size} processes")
-    return global_batch // info.world_size
-
-
 def shutdown(clean: bool = True) -> None:
     """Leave the process group: at the end of a run (``clean``), once every rank has arrived
     here. A rank that tears its group down while a peer still talks to it makes gloo abort
