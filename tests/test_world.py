@@ -3,6 +3,7 @@ the loader resumes exactly, and a short training run learns the attributes."""
 
 import torch
 
+import clipa
 from clipa.data import world
 from clipa.data.world import Scene, WorldLoader, held_out, render
 
@@ -161,3 +162,18 @@ def test_short_run_learns_colour_size_and_retrieval(tmp_path):
     assert metrics["colour_acc1"] > CHANCE["colour_acc1"] + 0.5
     assert metrics["size_acc1"] > CHANCE["size_acc1"] + 0.1
     assert metrics["image_retrieval_recall@5"] > 5 * 5 / world.EVAL_RETRIEVAL  # 5x chance
+
+
+def test_evaluation_renders_at_the_towers_current_size(monkeypatch):
+    """After a stage moved the tower to another resolution, the world is evaluated at that
+    resolution, not the config's (which setters leave alone)."""
+    import clipa.eval.world as eval_world_mod
+    from clipa.tokenizer import tokenizer_for
+
+    model = clipa.create_model("clipa-tiny", text={"context_length": 32})
+    model.visual.set_image_size(48)
+    sizes = []
+    real = eval_world_mod.eval_world
+    monkeypatch.setattr(eval_world_mod, "eval_world", lambda size: sizes.append(size) or real(size))
+    eval_world_mod.evaluate_world(model, tokenizer_for(model), "cpu")
+    assert sizes == [48] and model.cfg.vision.image_size == 32

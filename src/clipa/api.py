@@ -46,7 +46,7 @@ def create_model_and_transforms(name: str, pretrained: str | Path | None = None,
         raise ValueError(f"{name}: its preprocess_cfg asks for {other}; clipa's transforms do "
                          f"{ {k: _PLAIN[k] for k in other} } (use clipa.create_model and your own transforms)")
     model = build(resolved)
-    return (model, *image_transforms(model.visual.cfg.image_size))
+    return (model, *image_transforms(model.visual.image_size))
 
 
 def _differs(value: Any, plain: Any) -> bool:

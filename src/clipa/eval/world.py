@@ -41,7 +41,7 @@ def evaluate_world(model: Any, tokenizer: Callable, device: torch.device | str, 
     """``object/colour/size/relation_acc1``, their mean ``zeroshot_mean`` and retrieval recall@1/5."""
     was_training = model.training
     model.eval()
-    data = eval_world(model.visual.cfg.image_size)
+    data = eval_world(model.visual.image_size)
     metrics = {}
     single = _embed_images(model, data.single, device, batch_size)
     for task, classnames in CLASSNAMES.items():
