@@ -58,8 +58,13 @@ def is_safe(key: str, saved_stages: int) -> bool:
     return False
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     return "(none)" if value is _ABSENT else repr(value)
+
+
+def change_text(key: str, was: Any, now: Any) -> str:
+    """One entry of :func:`changes` as the logs and errors show it: ``key: was -> now``."""
+    return f"{key}: {shown(was)} -> {shown(now)}"
 
 
 def resolve_config(config: str | Path | None, overrides: list[str]) -> tuple[RunConfig, str | None]:
@@ -76,14 +81,13 @@ def resolve_config(config: str | Path | None, overrides: list[str]) -> tuple[Run
     for key, was, now in changed:
         if not is_safe(key, len(saved.stages)):
             raise ConfigError(
-                f"train.resume: {key} is {_shown(was)} in the run being resumed ({step}) but {_shown(now)} here; "
+                f"train.resume: {key} is {shown(was)} in the run being resumed ({step}) but {shown(now)} here; "
                 "a resume keeps the run's config except train.output_dir, logging, checkpoint and eval settings, "
                 "the last stage's samples and stages added after it (start a new run in another "
                 "train.output_dir to change it)")
-    shown = [f"{k}: {_shown(was)} -> {_shown(now)}" for k, was, now in changed
-             if k not in ("train.resume", "train.output_dir")]
+    listed = [change_text(*c) for c in changed if c[0] not in ("train.resume", "train.output_dir")]
     note = f"resuming {step} with the run's own config" + (
-        "; changed: " + ", ".join(shown) if shown else " (nothing changed)")
+        "; changed: " + ", ".join(listed) if listed else " (nothing changed)")
     return wanted, note
 
 

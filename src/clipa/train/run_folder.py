@@ -22,10 +22,11 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from .. import checkpoint
-from ..config import ConfigError, RunConfig, to_dict
+from ..config import ConfigError, RunConfig
+from .resume import change_text, changes
 
 LOCK_FILE = ".lock"
 HEARTBEAT_S = 30.0
@@ -107,19 +108,9 @@ def locked(out: Path, log: Callable[[str], None]) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"stages": [{"lr": 1}]}`` -> ``{"stages.0.lr": 1}``: keys as overrides name them."""
-    if isinstance(tree, (dict, list)):
-        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
-        return {k: v for key, sub in items for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def differences(saved: RunConfig, cfg: RunConfig) -> list[str]:
     """The settings (as ``key: saved -> now``) in which ``cfg`` is another run than ``saved``."""
-    a, b = _flat(to_dict(saved)), _flat(to_dict(cfg))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if not _is_execution(k) and a.get(k) != b.get(k)]
+    return [change_text(*c) for c in changes(saved, cfg) if not _is_execution(c[0])]
 
 
 def _is_execution(key: str) -> bool:
