@@ -17,6 +17,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 SHARED = Path(os.environ.get("CLIPA_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+# Loaders that tests build and drop keep their persistent DataLoader workers until collected, and
+# with the default strategy every batch they pass holds a file descriptor; hundreds of loaders in
+# one process ran out of descriptors (seen once in a fresh-clone run). Batches through files instead.
+torch.multiprocessing.set_sharing_strategy("file_system")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (real Flickr8k, CIFAR-10, Imagenette, NLTK data), or skip when absent."""
