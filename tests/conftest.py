@@ -1,3 +1,4 @@
+import gc
 import io
 import os
 import struct
@@ -35,6 +36,7 @@ def shared_data() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+    gc.collect()  # loaders a test dropped take their worker processes (and descriptors) with them now
 
 
 @pytest.fixture(scope="module")
