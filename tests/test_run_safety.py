@@ -8,6 +8,7 @@ order on the same machine.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from clipa.train import run_folder
 from clipa.train.run_folder import RunFolderError
 from clipa.train.signals import TrainingStopped
 from clipa.train.trainer import NonFiniteLossError, Trainer
+from test_data import good_shards
 
 TINY = [
     "model_overrides={embed_dim: 32, vision: {image_size: 16, patch_size: 4, width: 64, layers: 1, head_width: 32},"
@@ -92,6 +94,21 @@ def test_a_signal_saves_and_resume_is_bit_identical(tmp_path, monkeypatch, refer
     weights, results = reference
     assert_identical(final_weights(tmp_path), weights)
     assert (tmp_path / "results.jsonl").read_text() == results  # the missed stage-end evaluation is made
+
+
+def test_a_stopped_run_lets_its_loader_workers_go(tmp_path, monkeypatch):
+    """The stop's traceback (kept here by pytest.raises) holds the stage's frame; the loader's
+    persistent workers must not live on with it."""
+    (tmp_path / "data").mkdir()
+    source = good_shards(tmp_path / "data", 2, 40)
+    trainer = Trainer(cfg(tmp_path / "run", f"data.source={source}", "data.workers=1", "data.persistent_workers=true",
+                          "stages=[{samples: 320, batch_size: 8, warmup: 1, text_length: 8}]"))
+    signal_at(trainer, monkeypatch, 3)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    assert stopped.value.checkpoint is not None
+    assert set(multiprocessing.active_children()) <= before  # the worker has been joined
 
 
 def test_a_second_signal_stops_at_once_and_a_repeat_is_ignored(tmp_path):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -175,29 +175,31 @@ class Trainer:
             f"({stage.image_reduction.strategy} / {stage.text_reduction.strategy})"
         )
         progress = self._progress(total, start_step, stage.name)
-        batches: Iterator[dict] = iter(loader)
         self.wrapped.train()
         t0, seen = time.perf_counter(), 0
-        for step in range(start_step, total):
-            lr = lr_at(step, total, stage)
-            set_lr(optimizer, lr)
-            waited = time.perf_counter()
-            batch = next(batches)
-            waited = time.perf_counter() - waited  # the step stood idle for data this long
-            images, text = self.step.to_device(batch, loader.mean, loader.std)
-            self.step(images, text)  # nothing here waits for the device; _report reads at log steps
-            seen += images.shape[0] * self.dist.world_size
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            self._report(progress, step, lr, rate, waited, loader)
-            done = step + 1 == total
-            every = self.cfg.train.checkpoint_every
-            stop = self._stop_signal()
-            if stop and not done:
-                raise TrainingStopped(stop, self._save(index, step + 1, optimizer, loader, stage_done=False))
-            if every and (step + 1) % every == 0 and not done:
-                self._save(index, step + 1, optimizer, loader, stage_done=False)
-            if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and not done:
-                self._evaluate(index, step + 1)
+        # closed on every way out (stage end, stop, error): a suspended loader generator kept by a
+        # traceback would keep its persistent workers, and the batches they hold, alive
+        with closing(iter(loader)) as batches:
+            for step in range(start_step, total):
+                lr = lr_at(step, total, stage)
+                set_lr(optimizer, lr)
+                waited = time.perf_counter()
+                batch = next(batches)
+                waited = time.perf_counter() - waited  # the step stood idle for data this long
+                images, text = self.step.to_device(batch, loader.mean, loader.std)
+                self.step(images, text)  # nothing here waits for the device; _report reads at log steps
+                seen += images.shape[0] * self.dist.world_size
+                rate = seen / max(1e-9, time.perf_counter() - t0)
+                self._report(progress, step, lr, rate, waited, loader)
+                done = step + 1 == total
+                every = self.cfg.train.checkpoint_every
+                stop = self._stop_signal()
+                if stop and not done:
+                    raise TrainingStopped(stop, self._save(index, step + 1, optimizer, loader, stage_done=False))
+                if every and (step + 1) % every == 0 and not done:
+                    self._save(index, step + 1, optimizer, loader, stage_done=False)
+                if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and not done:
+                    self._evaluate(index, step + 1)
         if progress is not None:
             progress.close()
         skipped = self._check_steps(total).skipped
