@@ -26,12 +26,12 @@ import time
 import torch
 
 import clipa
-from clipa.config import ImageReductionConfig, OptimConfig, StageConfig
+from clipa.config import ImageReductionConfig, OptimConfig, StageConfig, TrainConfig
 from clipa.flops import pair_flops
 from clipa.loss import clip_loss, sigmoid_loss, tiled_clip_loss
 from clipa.reduction.image import num_seen
 from clipa.train.optim import build_optimizer
-from clipa.train.step import TrainStep, autocast_dtype
+from clipa.train.step import TrainStep, autocast_dtype, configure_backends
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' datasheets: bf16/fp16 tensor cores,
 # TF32 tensor cores, plain fp32. Matched by substring of torch.cuda.get_device_name(), in order.
@@ -140,9 +140,7 @@ def main() -> None:
 
     dtype = autocast_dtype(args.precision, device)
     tf32 = device.type == "cuda" and not args.no_tf32 and dtype is None
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-        torch.backends.cudnn.benchmark = True
+    configure_backends(TrainConfig(tf32=not args.no_tf32), device)  # what the trainer sets
     optimizer = build_optimizer(model, OptimConfig(), StageConfig(lr=1e-5, warmup=0))
     step = TrainStep(model, model.logit_scale, optimizer, LOSSES[args.loss], device=device, dtype=dtype,
                      microbatch_size=args.microbatch, grad_clip=1.0, generators=(generator,))

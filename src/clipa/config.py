@@ -343,6 +343,9 @@ class TrainConfig:
     """On CUDA, fp32 matmuls and convolutions use TF32 tensor cores."""
     cudnn_benchmark: bool = True
     """On CUDA, cuDNN picks the fastest convolution algorithm for each input shape."""
+    keep_host_memory: bool = True
+    """On CPU (glibc), memory a step frees is kept for the next one, as CUDA's caching allocator
+    does, instead of going back to the system and being faulted in again page by page."""
     loss: LossName = "clip"
     """Contrastive loss: "clip" (softmax InfoNCE) or "siglip" (sigmoid)."""
     tiled_loss: TiledLoss = "auto"
