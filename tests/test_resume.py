@@ -90,13 +90,19 @@ def test_a_resume_changes_only_safe_keys_and_says_so(tmp_path, capsys):
     state = json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())
     assert state["config"]["stages"][0]["samples"] == 128 and state["stage_step"] == 4
 
+    # where it runs may change (the checkpoint is portable), for resume=auto too: still the same run
+    capsys.readouterr()
+    assert main(["train", "train.resume=auto", f"train.output_dir={run}", "train.device=auto", "train.keep_last=1"]) == 0
+    assert "changed: train.device: 'cpu' -> 'auto', train.keep_last: None -> 1" in capsys.readouterr().out
+
 
 def test_which_keys_are_safe():
     assert is_safe("train.output_dir", 2) and is_safe("eval.max_samples", 2) and is_safe("train.wandb.project", 1)
     assert is_safe("stages.1.samples", 2) and is_safe("stages.2.lr", 2)  # the last stage's samples; a new stage
     assert not is_safe("stages.0.samples", 2) and not is_safe("stages.1.batch_size", 2)
     assert not is_safe("model", 2) and not is_safe("data.source", 2) and not is_safe("optim.weight_decay", 2)
-    assert not is_safe("train.seed", 2)
+    assert not is_safe("train.seed", 2) and not is_safe("data.workers", 2)  # workers shape the data order
+    assert is_safe("train.device", 2) and is_safe("train.keep_last", 2) and is_safe("train.timeout_minutes", 2)
 
 
 def test_changes_and_resume_point():

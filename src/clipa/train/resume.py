@@ -3,8 +3,8 @@
 ``clipa train train.resume=latest train.output_dir=RUN`` names a run, not a recipe, so the
 config comes from the checkpoint being resumed (its ``state.json``), with the command line's
 ``key=value`` overrides on top. A recipe given as well must agree with it. What may differ
-(:data:`SAFE`): where and how the run reports and saves (``train.output_dir``, logging,
-checkpoint cadence, evaluation), more or fewer samples in the run's last stage, and stages
+(``is_safe``): where it runs and how it reports and saves (:data:`EXECUTION`: device,
+``train.output_dir``, logging, checkpoint cadence, evaluation), more or fewer samples in the run's last stage, and stages
 added after it. Anything else (a model size, a batch size, an earlier stage's schedule)
 would make the checkpoint mean something else: that is an error naming the key.
 """
@@ -17,10 +17,15 @@ from typing import Any
 from .. import checkpoint
 from ..config import ConfigError, RunConfig, config_from_tree, load_config, to_dict
 
-# Keys a resume may change: how the run reports and saves, not what it computes.
-SAFE = {"train.resume", "train.output_dir", "train.progress", "train.log_every", "train.checkpoint_every",
-        "train.threads", "train.max_bad_steps", "pretrained"}
-SAFE_PREFIXES = ("train.wandb", "eval.")
+# Keys that say where a run executes and how it reports and saves, not what it computes (a
+# checkpoint is portable across devices; the loader's worker count is part of its data order,
+# so data.workers is not one). A restart may change them and still be the same run
+# (``run_folder``'s resume=auto test); a resume may also extend the schedule (``is_safe``).
+EXECUTION = {"train.resume", "train.overwrite", "train.output_dir", "train.device", "train.threads",
+             "train.compile", "train.tf32", "train.cudnn_benchmark", "train.keep_host_memory", "train.progress",
+             "train.log_every", "train.checkpoint_every", "train.keep_last", "train.timeout_minutes",
+             "train.max_bad_steps", "pretrained"}
+EXECUTION_PREFIXES = ("train.wandb", "eval.")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -47,9 +52,14 @@ def _natural(key: str) -> list:
     return [int(p) if p.isdigit() else p for p in key.split(".")]
 
 
+def is_execution(key: str) -> bool:
+    """Does ``key`` only say where and how the run executes and reports (:data:`EXECUTION`)?"""
+    return key in EXECUTION or key.startswith(EXECUTION_PREFIXES)
+
+
 def is_safe(key: str, saved_stages: int) -> bool:
-    """May a resume change ``key``? Reporting keys, the last stage's samples, appended stages."""
-    if key in SAFE or key.startswith(SAFE_PREFIXES):
+    """May a resume change ``key``? Execution keys, the last stage's samples, appended stages."""
+    if is_execution(key):
         return True
     parts = key.split(".")
     if parts[0] == "stages" and len(parts) > 1 and parts[1].isdigit():
@@ -82,8 +92,8 @@ def resolve_config(config: str | Path | None, overrides: list[str]) -> tuple[Run
         if not is_safe(key, len(saved.stages)):
             raise ConfigError(
                 f"train.resume: {key} is {shown(was)} in the run being resumed ({step}) but {shown(now)} here; "
-                "a resume keeps the run's config except train.output_dir, logging, checkpoint and eval settings, "
-                "the last stage's samples and stages added after it (start a new run in another "
+                "a resume keeps the run's config except where it runs (device, threads), logging, checkpoint and "
+                "eval settings, the last stage's samples and stages added after it (start a new run in another "
                 "train.output_dir to change it)")
     listed = [change_text(*c) for c in changed if c[0] not in ("train.resume", "train.output_dir")]
     note = f"resuming {step} with the run's own config" + (

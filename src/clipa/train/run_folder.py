@@ -26,18 +26,11 @@ from typing import Callable, Iterator
 
 from .. import checkpoint
 from ..config import ConfigError, RunConfig
-from .resume import change_text, changes
+from .resume import change_text, changes, is_execution
 
 LOCK_FILE = ".lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
-
-# What a restart may change without making it another run: how the run executes, logs,
-# checkpoints and evaluates, not what it computes.
-EXECUTION_KEYS = ("train.resume", "train.overwrite", "train.output_dir", "train.device", "train.threads",
-                  "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_last",
-                  "train.timeout_minutes", "train.max_bad_steps", "data.workers", "eval")
-
 
 class RunFolderError(ValueError):
     """The run folder is in use, or holds another run's checkpoints."""
@@ -109,12 +102,9 @@ def locked(out: Path, log: Callable[[str], None]) -> Iterator[None]:
 
 
 def differences(saved: RunConfig, cfg: RunConfig) -> list[str]:
-    """The settings (as ``key: saved -> now``) in which ``cfg`` is another run than ``saved``."""
-    return [change_text(*c) for c in changes(saved, cfg) if not _is_execution(c[0])]
-
-
-def _is_execution(key: str) -> bool:
-    return any(key == e or key.startswith(e + ".") for e in EXECUTION_KEYS)
+    """The settings (as ``key: saved -> now``) in which ``cfg`` is another run than ``saved``:
+    anything but where and how it executes (``resume.is_execution``)."""
+    return [change_text(*c) for c in changes(saved, cfg) if not is_execution(c[0])]
 
 
 def prepare(out: Path, cfg: RunConfig, log: Callable[[str], None]) -> Path | None:
