@@ -13,7 +13,7 @@ Then the same vision tower is trained supervised on kind (single objects, 128 st
 128): can it see the digits at all? Writes docs/studies/world_learning.{csv,json}; the
 last line is object accuracy on held-out pairs after the longest run, over chance.
 
-    python benchmarks/study_world_learning.py            # 1 seed; 7 min run alone at load 1.6-2.4 on 2 shared cores
+    python benchmarks/study_world_learning.py            # 1 seed; 2 seeds took 12.6 min at load 0.9-3.3 on 2 shared cores
 """
 
 import time
