@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -54,8 +54,10 @@ def pair_gflops(size: str, image_size: int | None = None, patches: int | None = 
     return pair_flops(cfg, image_size, patches, text_length).train_step / 1e9
 
 
-def run(stages: list[dict], seed: int, size: str = "micro-32", train: dict | None = None) -> list[dict]:
-    """Train one seed of one setting; the world's metrics after each stage, with seconds taken."""
+def run(stages: list[dict], seed: int, size: str = "micro-32", train: dict | None = None,
+        probe: Callable[[Any], dict] | None = None) -> list[dict]:
+    """Train one seed of one setting; the world's metrics after each stage, with seconds taken,
+    and ``probe(model)``'s figures on the last stage's row."""
     with tempfile.TemporaryDirectory() as tmp:
         experiment = {
             "model": "clipa-tiny",
@@ -67,10 +69,13 @@ def run(stages: list[dict], seed: int, size: str = "micro-32", train: dict | Non
         path = Path(tmp) / "experiment.yaml"
         path.write_text(yaml.safe_dump(experiment))
         t0 = time.perf_counter()
-        results = Trainer(load_config(path, [])).fit()
+        trainer = Trainer(load_config(path, []))
+        results = trainer.fit()
         seconds = time.perf_counter() - t0
-    return [{"stage": r["stage_name"], "seconds": round(seconds, 1), **{m: r[m] for m in METRICS}}
-            for r in results]
+        probed = probe(trainer.model) if probe else {}
+    rows = [{"stage": r["stage_name"], "seconds": round(seconds, 1), **{m: r[m] for m in METRICS}} for r in results]
+    rows[-1].update(probed)
+    return rows
 
 
 def sweep(name: str, settings: dict[str, dict], seeds: Iterable[int]) -> list[dict]:

@@ -6,7 +6,7 @@ of 1,024 and more run as the BASIC step does: microbatches of 256 re-materialise
 linear-memory loss. Writes docs/studies/batch_size.{csv,json,png}; the last line is batch
 4,096's score over batch 128's.
 
-    python benchmarks/study_batch_size.py            # 3 seeds; 35 min measured beside the other three studies on 2 loaded cores
+    python benchmarks/study_batch_size.py            # 3 seeds; 2.6 min run alone at load 1.0-1.1 on 2 shared cores
 """
 
 import time

@@ -6,7 +6,7 @@ as the same FLOPs buy. Every run then gets the same short full-token fine-tune. 
 docs/studies/image_reduction.{csv,json,png}; the last line is resize's gain over the best
 masking strategy after the fine-tune, in seed standard deviations.
 
-    python benchmarks/study_image_reduction.py            # 3 seeds; 31 min measured beside the other three studies on 2 loaded cores
+    python benchmarks/study_image_reduction.py            # 3 seeds; 2.6 min run alone at load 1.6-2.0 on 2 shared cores
 """
 
 from study import args, before_after, pair_gflops, stage

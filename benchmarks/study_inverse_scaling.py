@@ -7,7 +7,7 @@ encoder, the less accuracy it loses to fewer tokens. Writes docs/studies/inverse
 {csv,json,png}; the last line is the largest model's loss at 16 tokens divided by the
 smallest model's.
 
-    python benchmarks/study_inverse_scaling.py            # 3 seeds; 37 min measured beside the other three studies on 2 loaded cores
+    python benchmarks/study_inverse_scaling.py            # 3 seeds; 4.8 min run alone at load 1.0-3.1 on 2 shared cores
 """
 
 import time

@@ -5,7 +5,7 @@ same pretraining samples, then every run gets the same short fine-tune at the fu
 "full" trains at 32 tokens throughout. Writes docs/studies/text_reduction.{csv,json,png}; the
 last line is syntax's gain over truncation after the fine-tune, in seed standard deviations.
 
-    python benchmarks/study_text_reduction.py            # 3 seeds; 34 min measured beside the other three studies on 2 loaded cores
+    python benchmarks/study_text_reduction.py            # 3 seeds; 4.7 min run alone at load 1.4-3.1 on 2 shared cores
 """
 
 from study import args, before_after, stage

@@ -21,6 +21,22 @@ Half the training scenes come with a hard negative in the same batch: the same s
 objects' places swapped, or with one object's kind changed. Colour, size and count tell most
 scenes of a batch apart; without such pairs a small CLIP learns them and matches captions as
 bags of words, never needing the shape of a digit or the order of "A left of B".
+
+What a micro CLIP (widths 64, two layers per tower) learns here (``benchmarks/
+study_world_learning.py``, seeds 0 and 1): colour, size and retrieval within 64-256 steps of
+128; identity and relations not within minutes. At 1,024 steps (about 4 min on one core)
+object accuracy is 4-9% on held-out pairs and 23-24% on training pairs (chance 10%), 49%
+when the prompt is a training caption with the true size and colour ("a small red ring"
+against the nine other nouns); relations reach 52-65% (56-78% on training pairs in training
+wording). The vision tower can see shapes: trained supervised on kind it reaches 69% in 128
+steps (47% on held-out colours). Two things hold identity back: the contrastive signal for
+shape comes only from the kind-changed partners, so it starts late and at a random step;
+and held-out pairs are adversarial by construction, since training never shows a kind in
+its held-out colour, so a noun's text embedding leans away from exactly that colour and a
+weak shape signal loses to it (object accuracy at or under chance at most budgets). Tinted
+colours, learning rates 1e-3 to 1e-2, batch 32, towers twice as wide or deeper, mean
+pooling, a higher initial logit scale, SigLIP, groups of eight hard negatives, captions that
+leave colours unsaid and no weight decay did not change this at 128 to 2,048 steps.
 """
 
 from __future__ import annotations
