@@ -7,14 +7,14 @@ encoder, the less accuracy it loses to fewer tokens. Writes docs/studies/inverse
 {csv,json,png}; the last line is the largest model's loss at 16 tokens divided by the
 smallest model's.
 
-    python benchmarks/study_inverse_scaling.py            # 3 seeds; 6.5 min run alone at load 0.8-1.2 on 2 shared cores
+    python benchmarks/study_inverse_scaling.py            # 3 seeds; 6.0 min run alone at load 0.1-1.0 on 2 shared cores
 """
 
 import time
 
 from study import SIZES, args, print_summary, pyplot, stage, summarise, sweep, write
 
-PRETRAIN, FINETUNE = 12288, 512
+PRETRAIN, FINETUNE = 12288, 2048
 IMAGE_SIZES = {64: 32, 36: 24, 16: 16, 4: 8}  # image tokens: image size at 4 px patches
 
 
