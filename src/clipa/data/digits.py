@@ -11,7 +11,7 @@ with the digits' own mean and std (``MEAN``, ``STD``, declared as the loader's),
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Generator
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +119,7 @@ class DigitsLoader:
     def stats(self) -> dict[str, int]:
         return {}
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Generator[dict, None, None]:
         n = len(self.labels)
         global_batch = self.batch_size * self.world_size
         while True:

@@ -33,7 +33,7 @@ import math
 import os
 import signal
 from collections import Counter
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Generator, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
@@ -64,7 +64,8 @@ class Loader(Protocol):
     mean: tuple[float, float, float]  # the normalisation of its uint8 images, per channel
     std: tuple[float, float, float]
 
-    def __iter__(self) -> Iterator[dict]: ...
+    # a generator: the trainer closes it when a stage ends or stops, which ends its workers
+    def __iter__(self) -> Generator[dict, None, None]: ...
 
     def state_dict(self) -> dict: ...
 
@@ -163,7 +164,7 @@ class TrainLoader:
             **workers,  # the generator leaves the global RNG alone
         )
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Generator[dict, None, None]:
         """uint8 ``[B, 3, S, S]`` images (pinned when CUDA is available; the trainer normalises them
         on its device), token ids and keys."""
         loader = None

@@ -42,7 +42,7 @@ leave colours unsaid and no weight decay did not change this at 128 to 2,048 ste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Generator
 
 import torch
 import torch.nn.functional as F
@@ -262,7 +262,7 @@ class WorldLoader:
         pool = self.glyphs.pools[kind]
         return scene.rekinded(i, kind, int(pool[int(draw[2] * len(pool))]))
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Generator[dict, None, None]:
         while True:
             scenes, captions = self.global_batch(self.index)
             mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)

@@ -4,9 +4,10 @@
 config comes from the checkpoint being resumed (its ``state.json``), with the command line's
 ``key=value`` overrides on top. A recipe given as well must agree with it. What may differ
 (``is_safe``): where it runs and how it reports and saves (:data:`EXECUTION`: device,
-``train.output_dir``, logging, checkpoint cadence, evaluation), more or fewer samples in the run's last stage, and stages
-added after it. Anything else (a model size, a batch size, an earlier stage's schedule)
-would make the checkpoint mean something else: that is an error naming the key.
+``train.output_dir``, logging, checkpoint cadence, evaluation), more or fewer samples in the
+run's last stage, and stages added after it. Anything else (a model size, a batch size, an
+earlier stage's schedule) would make the checkpoint mean something else: that is an error
+naming the key.
 """
 
 from __future__ import annotations
