@@ -4,16 +4,18 @@ micro-64 (the tests' micro CLIP) trains for 64, 256 and 1,024 steps of 128. Besi
 evaluation's four tasks, each run is probed on 600 single objects and 400 pairs of
 held-out glyphs:
 - ``object_train_pairs``: the object task on *training* kind-colour pairs: does the model
-  know kinds at all, away from the held-out pairs' colour prior?
-- ``object_named`` / ``object_named_held``: a training caption naming the true size and
-  colour, only the noun varying ("a small red ring" against the nine other kinds), on
-  training and on held-out pairs: shape alone, without the held-out wording;
+  know kinds at all, away from the held-out combinations?
+- ``object_named`` / ``object_named_held``: the object task in the training wording (the
+  bare phrase "a small red ring" against the nine other kinds), on training and on held-out
+  pairs: shape alone, without the held-out wording;
+- ``object_bare``: which object on held-out pairs by the class name alone ("an image of a
+  ring." against the nine other nouns, as zero-shot classifiers usually ask): the colour prior;
 - ``relation_train``: "A sits left of B" against the swapped caption, on training pairs.
 Then the same vision tower is trained supervised on kind (single objects, 128 steps of
 128): can it see the digits at all? Writes docs/studies/world_learning.{csv,json}; the
 last line is object accuracy on held-out pairs after the longest run, over chance.
 
-    python benchmarks/study_world_learning.py            # 1 seed; 2 seeds took 12.6 min at load 0.9-3.3 on 2 shared cores
+    python benchmarks/study_world_learning.py            # 1 seed; 2 seeds took 8.3 min at load 0.8-2.0 on 2 shared cores
 """
 
 import time
@@ -24,12 +26,15 @@ import torch.nn.functional as F
 import clipa
 from clipa.data import world
 from clipa.eval.features import encode_images, encode_texts
+from clipa.eval.world import attribute_accuracy
 from clipa.eval.zeroshot import build_classifier, topk_accuracy
 from clipa.tokenizer import tokenizer_for
 from study import SIZES, args, stage, sweep, write
 
 STEPS, BATCH, SIZE, SUPERVISED_STEPS = [64, 256, 1024], 128, "micro-64", 128
-PROBES = ["object_acc1", "object_train_pairs", "object_named", "object_named_held", "relation_acc1", "relation_train"]
+PROBES = ["object_acc1", "object_train_pairs", "object_named", "object_named_held", "object_bare", "relation_acc1",
+          "relation_train"]
+BARE = ["an image of a {c}.", "a photo that shows a {c}."]  # the class name alone, in the held-out wording
 
 
 def scenes(held: bool, objects: int, n: int) -> tuple[list[world.Scene], world._Glyphs]:
@@ -48,19 +53,24 @@ def kinds(batch: list[world.Scene]) -> torch.Tensor:
     return torch.tensor([s.kinds[0] for s in batch])
 
 
+def labels(batch: list[world.Scene]) -> dict[str, torch.Tensor]:
+    return {"object": kinds(batch), "colour": torch.tensor([s.colours[0] for s in batch]),
+            "size": torch.tensor([s.sizes[0] for s in batch])}
+
+
 def probe(model) -> dict:
     """The probes above on a trained model (figures as fractions of 1)."""
     model.eval()
     tok, out = tokenizer_for(model), {}
-    single, glyphs = scenes(False, 1, world.EVAL_SINGLE)
-    img = embed(model, single, glyphs)
-    classifier = build_classifier(model, tok, world.KINDS, world.EVAL_TEMPLATES["object"], "cpu").float().cpu()
-    out["object_train_pairs"] = topk_accuracy(img @ classifier, kinds(single), 1)
-    for name, held in [("object_named", False), ("object_named_held", True)]:
-        batch, glyphs = scenes(held, 1, world.EVAL_SINGLE)
-        prompts = [f"a {world.SIZES[s.sizes[0]]} {world.COLOURS[s.colours[0]]} {k}" for s in batch for k in world.KINDS]
-        txt = encode_texts(model, tok, prompts, "cpu").cpu().view(len(batch), len(world.KINDS), -1)  # [N, 10, E]
-        out[name] = topk_accuracy(torch.einsum("ne,nke->nk", embed(model, batch, glyphs), txt), kinds(batch), 1)
+    for held in (False, True):
+        single, glyphs = scenes(held, 1, world.EVAL_SINGLE)
+        img = embed(model, single, glyphs)
+        if not held:
+            out["object_train_pairs"] = attribute_accuracy(model, tok, img, labels(single), "cpu")["object_acc1"]
+        named = attribute_accuracy(model, tok, img, labels(single), "cpu", templates=["{A}"])
+        out["object_named_held" if held else "object_named"] = named["object_acc1"]
+    classifier = build_classifier(model, tok, world.KINDS, BARE, "cpu").float().cpu()
+    out["object_bare"] = topk_accuracy(img @ classifier, kinds(single), 1)
     pairs, glyphs = scenes(False, 2, world.EVAL_PAIRS)
     true = encode_texts(model, tok, [s.caption("{A} sits {ab} {B}") for s in pairs], "cpu").cpu()
     swapped = encode_texts(model, tok, [s.mirrored().caption("{A} sits {ab} {B}") for s in pairs], "cpu").cpu()
