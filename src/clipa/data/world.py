@@ -35,7 +35,9 @@ held-out colours). Contrastively, shape pays only against the kind-changed partn
 is learnt late and at a random step. Tinted colours, learning rates 1e-3 to 1e-2, batch
 32, towers twice as wide or deeper, mean pooling, a higher initial logit scale, SigLIP,
 groups of eight hard negatives, captions that leave colours unsaid and no weight decay did
-not make it arrive within a minute or two.
+not make it arrive within a minute or two. Four attention heads per tower instead of two
+did: object 23-30% and relations 56-84% after 1,024 steps (seeds 0, 1, 2), which the slow
+test in ``tests/test_world.py`` asserts.
 """
 
 from __future__ import annotations
