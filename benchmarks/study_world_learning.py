@@ -16,7 +16,7 @@ Then the same vision tower is trained supervised on kind (single objects, 128 st
 128): can it see the digits at all? Writes docs/studies/world_learning.{csv,json}; the
 last line is object accuracy on held-out pairs after the longest run, over chance.
 
-    python benchmarks/study_world_learning.py            # 1 seed; 2 seeds took 8.3 min at load 0.8-2.0 on 2 shared cores
+    python benchmarks/study_world_learning.py            # 1 seed; 3 seeds took 23 min at load 1.5-3 on 2 shared cores
 """
 
 import time

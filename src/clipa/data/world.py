@@ -23,21 +23,21 @@ scenes of a batch apart; without such pairs a small CLIP learns them and matches
 bags of words, never needing the shape of a digit or the order of "A left of B".
 
 What a micro CLIP (widths 64, two layers per tower) learns here (``benchmarks/
-study_world_learning.py``, seeds 0 and 1): colour, size and retrieval within 64-256 steps of
+study_world_learning.py``, seeds 0, 1, 2): colour, size and retrieval within 64-256 steps of
 128; identity and relations late and unevenly. Which object on held-out pairs (the whole
-phrase with only the noun varied, ``clipa.eval.world``) is 6-7% at 64 steps, 17% at 256
-and 14% or 29% at 1,024 (chance 10%); on training pairs 35-41% at 1,024. Asked by the
-class name alone ("an image of a ring.") it stays at 0-12%: training never shows a kind in
-its held-out colour, so a bare noun's embedding leans away from exactly that colour.
-Relations reach 52-65% at 1,024 steps (56-78% on training pairs in training wording). The
-vision tower can see shapes: trained supervised on kind it reaches 69% in 128 steps (47% on
-held-out colours). Contrastively, shape pays only against the kind-changed partners, so it
-is learnt late and at a random step. Tinted colours, learning rates 1e-3 to 1e-2, batch
-32, towers twice as wide or deeper, mean pooling, a higher initial logit scale, SigLIP,
-groups of eight hard negatives, captions that leave colours unsaid and no weight decay did
-not make it arrive within a minute or two. Four attention heads per tower instead of two
-did: object 23-30% and relations 56-84% after 1,024 steps (seeds 0, 1, 2), which the slow
-test in ``tests/test_world.py`` asserts.
+phrase with only the noun varied, ``clipa.eval.world``) is 6-7% at 64 steps, 12-18% at 256
+and 14-32% at 1,024 (chance 10%); on training pairs 30-41% at 1,024. Asked by the class
+name alone ("an image of a ring.") it stays at 0-14%: training never shows a kind in its
+held-out colour, so a bare noun's embedding leans away from exactly that colour. Relations
+are at chance up to 256 steps and 52-67% at 1,024. With four attention heads per tower
+instead of two, 1,024 steps give object 23-30% and relations 56-84%; the slow test in
+``tests/test_world.py`` asserts that every task beats chance then. The vision tower can see
+shapes: trained supervised on kind it reaches 69% in 128 steps (47% on held-out colours).
+Contrastively, shape pays only against the kind-changed partners, so it is learnt late and
+at a random step. Tinted colours, learning rates 1e-3 to 1e-2, batch 32, towers twice as
+wide or deeper, mean pooling, a higher initial logit scale, SigLIP, groups of eight hard
+negatives, captions that leave colours unsaid and no weight decay did not make it arrive
+within a minute or two.
 """
 
 from __future__ import annotations
