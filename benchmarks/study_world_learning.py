@@ -14,7 +14,7 @@ held-out glyphs:
 - ``relation_train``: "A sits left of B" against the swapped caption, on training pairs.
 Then the same vision tower is trained supervised on kind (single objects, 128 steps of
 128): can it see the digits at all? Writes docs/studies/world_learning.{csv,json}; the
-last line is object accuracy on held-out pairs after the longest run, over chance.
+last line is object accuracy on held-out pairs after the longest two-head run, over chance.
 
     python benchmarks/study_world_learning.py            # 1 seed; 3 seeds took 23 min at load 1.5-3 on 2 shared cores
 """
@@ -54,21 +54,16 @@ def kinds(batch: list[world.Scene]) -> torch.Tensor:
     return torch.tensor([s.kinds[0] for s in batch])
 
 
-def labels(batch: list[world.Scene]) -> dict[str, torch.Tensor]:
-    return {"object": kinds(batch), "colour": torch.tensor([s.colours[0] for s in batch]),
-            "size": torch.tensor([s.sizes[0] for s in batch])}
-
-
 def probe(model) -> dict:
     """The probes above on a trained model (figures as fractions of 1)."""
     model.eval()
     tok, out = tokenizer_for(model), {}
     for held in (False, True):
         single, glyphs = scenes(held, 1, world.EVAL_SINGLE)
-        img = embed(model, single, glyphs)
+        img, labels = embed(model, single, glyphs), world.single_labels(single)
         if not held:
-            out["object_train_pairs"] = attribute_accuracy(model, tok, img, labels(single), "cpu")["object_acc1"]
-        named = attribute_accuracy(model, tok, img, labels(single), "cpu", templates=["{A}"])
+            out["object_train_pairs"] = attribute_accuracy(model, tok, img, labels, "cpu")["object_acc1"]
+        named = attribute_accuracy(model, tok, img, labels, "cpu", templates=["{A}"])
         out["object_named_held" if held else "object_named"] = named["object_acc1"]
     classifier = build_classifier(model, tok, world.KINDS, BARE, "cpu").float().cpu()
     out["object_bare"] = topk_accuracy(img @ classifier, kinds(single), 1)

@@ -295,6 +295,13 @@ def relation_prompts(scene: Scene) -> tuple[list[str], list[str]]:
     return true, false
 
 
+def single_labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    """Task -> [N] labels (kind, colour and size index) of single-object scenes."""
+    return {"object": torch.tensor([s.kinds[0] for s in scenes]),
+            "colour": torch.tensor([s.colours[0] for s in scenes]),
+            "size": torch.tensor([s.sizes[0] for s in scenes])}
+
+
 def eval_world(image_size: int) -> WorldEval:
     """The fixed evaluation sets (held-out glyphs, attribute pairs and wording) at ``image_size``."""
     glyphs = _Glyphs("test")
@@ -302,14 +309,9 @@ def eval_world(image_size: int) -> WorldEval:
     single = sample_scenes(EVAL_SINGLE, gen, glyphs, held=True, num_objects=(1,))
     pairs = sample_scenes(EVAL_PAIRS, gen, glyphs, held=True, num_objects=(2,), distinct_kinds=True)
     scenes = sample_scenes(EVAL_RETRIEVAL, gen, glyphs, held=True)
-    labels = {
-        "object": torch.tensor([s.kinds[0] for s in single]),
-        "colour": torch.tensor([s.colours[0] for s in single]),
-        "size": torch.tensor([s.sizes[0] for s in single]),
-    }
     return WorldEval(
         single=render(single, glyphs, image_size),
-        labels=labels,
+        labels=single_labels(single),
         pairs=render(pairs, glyphs, image_size),
         relation_texts=[relation_prompts(s) for s in pairs],
         retrieval=render(scenes, glyphs, image_size),
