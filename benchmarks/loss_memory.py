@@ -32,14 +32,14 @@ def child(impl: str, batch: int, dim: int, repeat: int, threads: int) -> None:
     torch.manual_seed(0)
     img = F.normalize(torch.randn(batch, dim), dim=-1).requires_grad_()
     txt = F.normalize(torch.randn(batch, dim), dim=-1).requires_grad_()
-    t = torch.tensor(math.log(1 / 0.07), requires_grad=True)
+    scale = torch.tensor(1 / 0.07, requires_grad=True)  # exp(t), as the model's forward returns it
     loss_fn = clip_loss if impl == "naive" else tiled_clip_loss
     base = rss_bytes()
     best = math.inf
     for _ in range(repeat):
-        img.grad = txt.grad = t.grad = None
+        img.grad = txt.grad = scale.grad = None
         start = time.perf_counter()
-        loss = loss_fn(img, txt, t)
+        loss = loss_fn(img, txt, scale)
         loss.backward()
         best = min(best, time.perf_counter() - start)
         del loss

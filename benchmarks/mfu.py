@@ -26,12 +26,14 @@ import time
 import torch
 
 import clipa
-from clipa.config import ImageReductionConfig, OptimConfig, StageConfig, TrainConfig
+from clipa.config import ImageReductionConfig, OptimConfig
 from clipa.flops import pair_flops
 from clipa.loss import clip_loss, sigmoid_loss, tiled_clip_loss
+from clipa.models.parallelize import apply_compile
 from clipa.reduction.image import num_seen
+from clipa.runtime import resolve_runtime
 from clipa.train.optim import build_optimizer
-from clipa.train.step import TrainStep, autocast_dtype, configure_backends
+from clipa.train.step import TrainStep
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' datasheets: bf16/fp16 tensor cores,
 # TF32 tensor cores, plain fp32. Matched by substring of torch.cuda.get_device_name(), in order.
@@ -134,14 +136,12 @@ def main() -> None:
     generator = torch.Generator(device=device).manual_seed(0)
     model.visual.set_token_reduction(reduction, generator)
     if args.compile:
-        from clipa.train.step import compile_towers
+        apply_compile(model, per_block=False)
 
-        compile_towers(model)
-
-    dtype = autocast_dtype(args.precision, device)
+    runtime = resolve_runtime(device, args.precision, 0, tf32=not args.no_tf32)  # what the trainer sets
+    dtype = runtime.dtype
     tf32 = device.type == "cuda" and not args.no_tf32 and dtype is None
-    configure_backends(TrainConfig(tf32=not args.no_tf32), device)  # what the trainer sets
-    optimizer = build_optimizer(model, OptimConfig(), StageConfig(lr=1e-5, warmup=0))
+    optimizer = build_optimizer(model, OptimConfig(), 1e-5)
     step = TrainStep(model, model.logit_scale, optimizer, LOSSES[args.loss], device=device, dtype=dtype,
                      microbatch_size=args.microbatch, grad_clip=1.0, generators=(generator,))
 

@@ -1,4 +1,3 @@
-import gc
 import io
 import os
 import struct
@@ -18,12 +17,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 SHARED = Path(os.environ.get("CLIPA_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
-# Loaders that tests build and drop keep their persistent DataLoader workers until collected, and
-# with the default strategy every batch they pass holds a file descriptor; hundreds of loaders in
-# one process ran out of descriptors (seen once in a fresh-clone run). Batches through files instead.
-torch.multiprocessing.set_sharing_strategy("file_system")
-
-
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (real Flickr8k, CIFAR-10, Imagenette, NLTK data), or skip when absent."""
@@ -35,8 +28,6 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    yield
-    gc.collect()  # loaders a test dropped take their worker processes (and descriptors) with them now
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +78,76 @@ def corrupt_header(path: Path, member: str) -> None:
 def write_samples(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
     """A webdataset shard from ``(key, {ext: bytes})`` samples, members in order."""
     return write_tar(path, [(f"{key}.{ext}", data) for key, files in samples for ext, data in files.items()])
+
+
+# ----------------------------------------------------------------------------- adversarial helpers
+# Shared by tests/test_untrusted.py, tests/test_run_safety.py and benchmarks/faults.py.
+
+
+def openclip_folder(folder: Path, **vision) -> Path:
+    """A tiny model folder in OpenCLIP's layout (config only), its vision settings overridden."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1,
+                                           "head_width": 16, **vision},
+           "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    return folder
+
+
+def _descendants(pid: int) -> list[int]:
+    def parent(p: int) -> int | None:
+        try:
+            return int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and parent(int(p)) == pid]
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
+def stop_rank_one_mid_step(folder: Path, train_args: list[str]) -> str:
+    """Run ``torchrun --nproc-per-node 2 -m clipa train ARGS`` on the CPU (timeout 15 s), stop rank
+    1 with SIGSTOP once steps run (a hung read, a frozen node), and return what the run printed."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = folder / "out.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "clipa", "train", *train_args, "train.device=cpu", "stage.samples=100000", "stage.batch_size=16",
+           "train.timeout_minutes=0.25", f"train.output_dir={folder / 'run'}"]
+    with open(out, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    stopped = None
+    try:
+        deadline = time.monotonic() + 300
+        while "stage 0" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # steps are running
+        for pid in _descendants(proc.pid):
+            try:
+                if b"RANK=1" in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                    stopped = pid
+            except OSError:
+                pass
+        if stopped is not None:
+            os.kill(stopped, signal.SIGSTOP)
+            proc.wait(timeout=300)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            if stopped is not None:
+                try:
+                    os.kill(stopped, sig)
+                except ProcessLookupError:
+                    pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out.read_text()

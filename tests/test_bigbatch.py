@@ -6,6 +6,7 @@ that are rounding noise around zero).
 """
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -93,8 +94,8 @@ def test_masking_generator_is_replayed_only_when_passed():
 
 def test_uneven_microbatches_and_sigmoid_loss_with_bias():
     model = small_model(init_logit_scale=2.3, init_logit_bias=-10.0)
-    t, b = model(*batch(2))[2:]  # the forward hands the loss its temperature and bias
-    assert (t.item(), b.item()) == pytest.approx((2.3, -10.0)) and b.grad_fn is not None
+    scale, b = model(*batch(2))[2:]  # the forward hands the loss exp(t) and the bias (a copy, for FSDP2)
+    assert (scale.item(), b.item()) == pytest.approx((math.exp(2.3), -10.0)) and b.grad_fn is not None
     _, ref = grads_of(model, step(sigmoid_loss))
     _, got = grads_of(model, step(sigmoid_loss, 5))  # 16 = 5 + 5 + 5 + 1
     assert ref["logit_bias"].abs() > 0
@@ -122,7 +123,7 @@ def test_naive_accumulation_gets_temperature_gradient_k_times():
             img_j, txt_j, *_ = m(x, t)
             img = torch.cat([c[0] for c in cache[:j]] + [img_j] + [c[0] for c in cache[j + 1:]])
             txt = torch.cat([c[1] for c in cache[:j]] + [txt_j] + [c[1] for c in cache[j + 1:]])
-            clip_loss(img, txt, m.logit_scale).backward()
+            clip_loss(img, txt, m.logit_scale.exp()).backward()
 
     _, got = grads_of(model, accum_freq)
     assert ref["logit_scale"].abs() > 1e-3

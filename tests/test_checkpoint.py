@@ -16,6 +16,7 @@ import clipa
 from clipa import checkpoint as ckpt
 from clipa.config import ConfigError, load_config, to_dict
 from clipa.distributed import DistInfo
+from clipa.train.resume import locate
 
 TINY = ["model_overrides={embed_dim: 16, vision: {image_size: 16, patch_size: 4, width: 32, layers: 1, "
         "head_width: 16}, text: {context_length: 8, width: 32, heads: 2, layers: 1}}"]
@@ -30,9 +31,10 @@ def run(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     model = clipa.create_model(cfg.model, **cfg.model_overrides)
     optimizer = torch.optim.AdamW(model.parameters())
-    state = {"stage": 0, "stage_step": 3, "config": to_dict(cfg), "loader": None}
+    state = ckpt.TrainState(stage=0, stage_step=3, stage_done=False, global_step=3, config=to_dict(cfg),
+                            model=to_dict(model.cfg))
     single = root / "checkpoints" / "step_00000003"
-    ckpt.save_checkpoint(single.parent, 3, model, model, optimizer, state, ckpt.rng_state(None), DistInfo())
+    ckpt.CheckpointManager(single.parent, DistInfo()).save(state, model, model, optimizer, ckpt.rng_state(None))
     sharded = single.with_name("step_00000005")
     sharded.mkdir()
     shutil.copy(single / "state.json", sharded / "state.json")
@@ -80,27 +82,28 @@ def test_every_loader_takes_every_kind(run, where):
     root, ref = run
     path = {"run": root, "checkpoints": root / "checkpoints", "single": root / "checkpoints" / "step_00000003",
             "sharded": root / "checkpoints" / "step_00000005"}[where]
-    model, cfg = clipa.load_checkpoint(path)
+    model, cfg = clipa.load_model(path)
     assert not model.training and cfg.model == "clipa-tiny"
     assert_same_weights(model, ref)
     assert_same_weights(clipa.create_model("clipa-tiny", pretrained=path, **cfg.model_overrides), ref)
-    restored = ckpt.read_checkpoint(path, DistInfo())
-    assert restored["state"]["stage_step"] == 3
+    found = ckpt.resolve(path).path
+    state = ckpt.read_state(found)
+    assert state.stage_step == 3
     for k, v in ref.items():
-        torch.testing.assert_close(restored["model"][k], v, rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(ckpt.restore(found, state, DistInfo()).model[k], v, rtol=0, atol=0, msg=k)
 
 
 def test_weights_file_needs_a_model_name(run, tmp_path):
     root, ref = run
     weights = root / "checkpoints" / "step_00000003" / "model.safetensors"
     with pytest.raises(ValueError, match="is a weights file"):
-        ckpt.load_model(weights)
+        clipa.load_model(weights)
     cfg = load_config(None, TINY)
     assert_same_weights(clipa.create_model("clipa-tiny", pretrained=weights, **cfg.model_overrides), ref)
     torch.manual_seed(1)
     plain = clipa.create_model("clipa-tiny")
     torch.save({"state_dict": {f"module.{k}": v for k, v in plain.state_dict().items()}}, tmp_path / "w.pt")
-    model, run_cfg = clipa.load_checkpoint(tmp_path / "w.pt", "clipa-tiny")  # a DDP-style torch file
+    model, run_cfg = clipa.load_model(tmp_path / "w.pt", "clipa-tiny")  # a DDP-style torch file
     assert run_cfg is None and not model.training
     assert_same_weights(model, plain.state_dict())
 
@@ -108,14 +111,20 @@ def test_weights_file_needs_a_model_name(run, tmp_path):
 def test_resume_setting(run, tmp_path):
     root, _ = run
     steps = root / "checkpoints"
-    assert ckpt.resume_from(None, steps) is None
-    assert ckpt.resume_from("latest", tmp_path / "checkpoints") is None  # nothing yet: start afresh
-    assert ckpt.resume_from("latest", steps) == steps / "step_00000005"
-    assert ckpt.resume_from(str(root), tmp_path) == steps / "step_00000005"
+
+    def located(resume: str | None, out: Path = root):
+        point = locate(load_config(None, TINY + [f"train.output_dir={out}"] + ([f"train.resume={resume}"] if resume
+                                                                               else [])), print)
+        return None if point is None else point.path
+
+    assert located(None) is None
+    assert located("auto", tmp_path) is None  # nothing yet: start afresh
+    assert located("latest") == steps / "step_00000005"
+    assert located(str(root), tmp_path) == steps / "step_00000005"
     with pytest.raises(FileNotFoundError, match="train.resume="):
-        ckpt.resume_from(str(tmp_path / "nope"), steps)
+        located(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="weights file"):
-        ckpt.resume_from(str(steps / "step_00000003" / "model.safetensors"), steps)
+        located(str(steps / "step_00000003" / "model.safetensors"))
 
 
 def test_consolidate_writes_the_whole_model(run, tmp_path):
@@ -124,6 +133,6 @@ def test_consolidate_writes_the_whole_model(run, tmp_path):
     shutil.copytree(root / "checkpoints" / "step_00000005", step)
     out = ckpt.consolidate(step)
     assert out == step / "model.safetensors"
-    assert_same_weights(clipa.load_checkpoint(out.parent)[0], ref)
+    assert_same_weights(clipa.load_model(out.parent)[0], ref)
     with pytest.raises(FileNotFoundError, match="not a sharded checkpoint"):
         ckpt.consolidate(root / "checkpoints" / "step_00000003")

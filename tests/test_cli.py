@@ -1,8 +1,10 @@
 """Every subcommand has the same shape (add_parser/run, --output/-o) and a user's mistake is one line."""
 
 import argparse
+import glob
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +101,24 @@ def test_eval_table_says_percent_while_the_json_holds_fractions():
     assert value == {"acc1": "90.50%", "mean_per_class_recall": "90.00%", "C": "0.0316", "images": "2,000",
                      "skipped": "1"}
     assert table[-2] == "cifar10: 2,000 of 10,000 samples, evenly spaced" and "fractions of 1" in table[-1]
+
+
+# A path in this repository, as help texts and the README cite them; one inside a URL or another
+# repository's path (preceded by "/") is not this repository's.
+REPO_PATH = re.compile(r"(?<![\w./:-])((?:src|configs|docs|benchmarks|tests|\.ci)/[\w./*-]*[\w*])")
+
+
+def test_cited_paths_exist():
+    """Acceptance (issue 22): every repository path a help text of any subcommand or the README
+    names exists (a pattern such as ``configs/*_336.yaml`` matches a file)."""
+    root = SRC.parent
+    texts = {"README.md": (root / "README.md").read_text()}
+    texts.update({f"clipa {' '.join(words)} --help": parser.format_help()
+                  for words, parser in _leaves(cli.build_parser())})
+    texts["clipa --help"] = cli.build_parser().format_help()
+    cited = {(where, path) for where, text in texts.items() for path in REPO_PATH.findall(text)}
+    assert any(where != "README.md" for where, _ in cited)  # the help texts cite some
+    missing = [(where, path) for where, path in sorted(cited)
+               if not (glob.glob(str(root / path)) if "*" in path else (root / path).exists())]
+    assert not missing, f"cited but not in the repository: {missing}"
+    assert not REPO_PATH.findall("https://github.com/mlfoundations/open_clip/blob/main/docs/model_profile.csv")

@@ -1,7 +1,7 @@
 """``train.compile``: what torch.compile sees is one graph under every token reduction.
 
 Reference: ``torch._dynamo.explain`` (graph and graph-break counts) on exactly what
-``compile_towers`` compiles: the image tower's ``_encode`` (all of its forward but the draw
+``models.parallelize.apply_compile`` compiles: the image tower's ``_encode`` (all of its forward but the draw
 of the kept patches, which reads the masking generator) and the text tower's blocks. A
 compiled tower must also give the eager tower's embeddings and gradients (fp32, 1e-4
 relative to the largest entry; inductor fuses and reorders the arithmetic).
@@ -14,7 +14,7 @@ import torch
 
 import clipa
 from clipa.config import ImageReductionConfig
-from clipa.train.step import compile_towers
+from clipa.models.parallelize import apply_compile
 
 from test_distributed import tiny_model
 
@@ -70,7 +70,7 @@ def test_compiled_towers_give_the_eager_embeddings_and_gradients():
     eager, compiled = small_model(), small_model()
     for m in (eager, compiled):
         m.visual.set_token_reduction(REDUCTIONS["random"], torch.Generator().manual_seed(0))
-    compile_towers(compiled)
+    apply_compile(compiled, per_block=False)
     images, text = batch()
     outs = []
     for m in (eager, compiled):

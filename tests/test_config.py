@@ -159,8 +159,8 @@ def test_lr_per_256_scales_with_the_batch_when_the_config_loads(tmp_path):
     """Hand-worked: 4e-6 per 256 at batch 1024 is 1.6e-5; an override of the batch to 64
     rescales it to 1e-6; an lr override replaces the scaling."""
     path = _write(tmp_path / "run.yaml", "stages: [{samples: 4096, batch_size: 1024, lr_per_256: 4.0e-6}]\n")
-    assert load_config(path).stages[0].lr == pytest.approx(1.6e-5, rel=1e-12)
-    assert load_config(path, ["stage.batch_size=64"]).stages[0].lr == pytest.approx(1e-6, rel=1e-12)
+    assert load_config(path).stages[0].peak_lr == pytest.approx(1.6e-5, rel=1e-12)
+    assert load_config(path, ["stage.batch_size=64"]).stages[0].peak_lr == pytest.approx(1e-6, rel=1e-12)
     fixed = load_config(path, ["stage.lr=3e-4", "stage.batch_size=64"]).stages[0]
     assert (fixed.lr, fixed.lr_per_256) == (pytest.approx(3e-4), None)
 

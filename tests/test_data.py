@@ -23,10 +23,8 @@ import torch
 from PIL import Image
 
 import clipa
-from clipa.config import DataConfig, TextReductionConfig, load_config
+from clipa.config import CLIP_MEAN, CLIP_STD, DataConfig, PreprocessConfig, TextReductionConfig, load_config
 from clipa.data import (
-    CLIP_MEAN,
-    CLIP_STD,
     EmptySourceError,
     REASONS,
     build_eval_transform,
@@ -266,14 +264,14 @@ def test_a_source_without_usable_samples_fails_clearly(tmp_path):
     write_tar(tmp_path / "empty-0.tar", [("x.jpg", b""), ("x.txt", b"zero-byte image")])
     (tmp_path / "empty-1.tar").write_bytes(b"not a tar file at all" * 40)
     source = f"{tmp_path}/empty-{{0..1}}.tar"
-    loader = build_train_loader(DataConfig(source=source), 16, 1, zero_tokens, seed=0)
+    loader = build_train_loader(DataConfig(source=source, workers=1), 16, 1, zero_tokens, seed=0)
     with pytest.raises(EmptySourceError, match="no complete batch of 1 .* corrupt_shard=1, empty_image=1"):
         next(iter(loader))
-    endless = build_train_loader(DataConfig(source=source, num_samples=10), 16, 1, zero_tokens, seed=0)
+    endless = build_train_loader(DataConfig(source=source, num_samples=10, workers=1), 16, 1, zero_tokens, seed=0)
     with pytest.raises(EmptySourceError, match="without one usable sample"):
         next(iter(endless))
     with pytest.raises(FileNotFoundError, match="no file matches"):
-        build_train_loader(DataConfig(source=f"{tmp_path}/nothing-{{0..3}}.tar"), 16, 1, zero_tokens, seed=0)
+        build_train_loader(DataConfig(source=f"{tmp_path}/nothing-{{0..3}}.tar", workers=1), 16, 1, zero_tokens, seed=0)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -291,16 +289,16 @@ def test_csv_tsv_and_folder_sources(tmp_path):
         "filepath,title\nimg/a.jpg,a red thing\nimg/b.png,\"a caption, with a comma\"\n"
         "img/missing.jpg,no image file\nimg/sub/c.jpg,\n")
     (tmp_path / "train.tsv").write_text("path\ttext\nimg/a.jpg\tfrom a tsv\n")
-    csv_loader = build_train_loader(DataConfig(source=str(tmp_path / "train.csv")), 16, 1, zero_tokens, seed=0)
+    csv_loader = build_train_loader(DataConfig(source=str(tmp_path / "train.csv"), workers=1), 16, 1, zero_tokens, seed=0)
     assert sorted(k for b in one_epoch(csv_loader) for k in b["keys"]) == ["img/a.jpg#0", "img/b.png#1"]
     assert csv_loader.state_dict()["skipped"] == {"empty_caption": 1, "missing_image": 1}
-    tsv = DataConfig(source=str(tmp_path / "train.tsv"), csv_image_key="path", csv_caption_key="text")
+    tsv = DataConfig(source=str(tmp_path / "train.tsv"), csv_image_key="path", csv_caption_key="text", workers=1)
     assert [b["keys"] for b in one_epoch(build_train_loader(tsv, 16, 1, zero_tokens, seed=0))] == [["img/a.jpg#0"]]
     with pytest.raises(ValueError, match="no column 'filepath'"):
-        build_train_loader(DataConfig(source=str(tmp_path / "train.tsv")), 16, 1, zero_tokens, seed=0)
+        build_train_loader(DataConfig(source=str(tmp_path / "train.tsv"), workers=1), 16, 1, zero_tokens, seed=0)
 
     (tmp_path / "img" / "captions.json").write_text(json.dumps({"a.jpg": ["one", "two"], "b.png": "three"}))
-    folder = build_train_loader(DataConfig(source=str(tmp_path / "img")), 16, 1, zero_tokens, seed=0)
+    folder = build_train_loader(DataConfig(source=str(tmp_path / "img"), workers=1), 16, 1, zero_tokens, seed=0)
     assert sorted(k for b in one_epoch(folder) for k in b["keys"]) == ["a", "b"]
     assert folder.state_dict()["skipped"] == {"missing_caption": 1}  # sub/c.jpg has none
     rows = load_source(str(tmp_path / "img")).tables[str(tmp_path / "img")]
@@ -328,8 +326,8 @@ def test_joined_sources_weights_and_caption_choice(tmp_path):
     assert len(set(picked)) > 2  # a caption drawn per sample and epoch
 
     with pytest.raises(ValueError, match="needs data.resampled"):
-        build_train_loader(DataConfig(source=f"{a}::{tmp_path}/j.tar", weights=[1, 2]), 16, 1, zero_tokens, seed=0)
-    weighted = DataConfig(source=f"{a}::{tmp_path}/j.tar", weights=[1.0, 0.0], resampled=True, num_samples=60)
+        build_train_loader(DataConfig(source=f"{a}::{tmp_path}/j.tar", weights=[1, 2], workers=1), 16, 1, zero_tokens, seed=0)
+    weighted = DataConfig(source=f"{a}::{tmp_path}/j.tar", weights=[1.0, 0.0], resampled=True, num_samples=60, workers=1)
     loader = iter(build_train_loader(weighted, 16, 4, zero_tokens, seed=0))
     drawn = Counter(k[0] for _ in range(15) for k in next(loader)["keys"])
     assert drawn == {"a": 60}  # weight 0: the j shard is never drawn
@@ -379,12 +377,12 @@ def test_transforms_match_openclip_pixel_for_pixel():
     (palette images resize with nearest and RGBA ones with premultiplied alpha before the RGB
     conversion, so converting first would differ); training matches to 1e-6 on RGB, greyscale and
     opaque RGBA images (ToDtype scales by 1/255 where ToTensor divides)."""
-    open_clip = pytest.importorskip("open_clip")
+    pytest.importorskip("open_clip")
     from open_clip.transform import AugmentationCfg, image_transform
 
     ref_eval = image_transform(48, is_train=False)
     ref_train = image_transform(48, is_train=True, aug_cfg=AugmentationCfg(scale=(0.4, 1.0)))
-    ours_train = build_train_transform(48, DataConfig())
+    ours_train = build_train_transform(48, DataConfig(), PreprocessConfig())
     rgba = Image.fromarray(torch.randint(0, 256, (61, 97, 4), generator=torch.Generator().manual_seed(3),
                                          dtype=torch.uint8).numpy(), "RGBA")  # alpha varies per pixel
     images = [_pil(0), _pil(1, mode="L"), _pil(2, mode="RGBA"), _pil(4, mode="P"), _pil(5).quantize(16), rgba,
@@ -392,7 +390,14 @@ def test_transforms_match_openclip_pixel_for_pixel():
     if (photo := _real_photo()) is not None:
         images.append(photo)
     for image in images:
-        torch.testing.assert_close(build_eval_transform(48)(image), ref_eval(image), atol=0, rtol=0)
+        torch.testing.assert_close(build_eval_transform(48, PreprocessConfig())(image), ref_eval(image), atol=0, rtol=0)
+    # a model's own preprocessing (a CLIPA tag's: ImageNet statistics, bilinear; each resize mode)
+    stats = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    for mode in ("shortest", "longest", "squash"):
+        ours = build_eval_transform(48, PreprocessConfig(**stats, interpolation="bilinear", resize_mode=mode))
+        theirs = image_transform(48, is_train=False, **stats, resize_mode=mode, interpolation="bilinear")
+        for image in images:
+            torch.testing.assert_close(ours(image), theirs(image), atol=0, rtol=0, msg=f"{mode} {image.size}")
     for seed, image in enumerate(images[:3]):
         torch.manual_seed(seed)
         want = ref_train(image)
@@ -409,24 +414,24 @@ def test_loader_pixels_follow_the_public_transform():
     for seed in range(4):
         image = _pil(seed, size=(80, 64))
         torch.manual_seed(seed)
-        want = build_train_transform(32, cfg)(image)
+        want = build_train_transform(32, cfg, PreprocessConfig())(image)
         torch.manual_seed(seed)
-        got = normalise(train_pixels(32, cfg)(pil_to_tensor(image))[None])[0]
+        got = normalise(train_pixels(32, cfg)(pil_to_tensor(image))[None], CLIP_MEAN, CLIP_STD)[0]
         assert got.shape == want.shape == (3, 32, 32)
         assert (got - want).abs().mean() < 0.03
     x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
     ref = (x.float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
-    torch.testing.assert_close(normalise(x), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalise(x, CLIP_MEAN, CLIP_STD), ref, atol=1e-5, rtol=0)
 
 
 def test_loader_batches_are_uint8_images(tmp_path):
     """Loaders hand over uint8 (the trainer normalises on its device)."""
     source = good_shards(tmp_path, 2, 4)
-    loader = build_train_loader(DataConfig(source=source), 24, 3, zero_tokens, seed=0, augment=False)
+    loader = build_train_loader(DataConfig(source=source, workers=1), 24, 3, zero_tokens, seed=0)
     batch = next(iter(loader))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (3, 3, 24, 24)
     assert batch["text"].shape == (3, 4) and len(batch["keys"]) == 3
-    images = normalise(batch["images"])
+    images = normalise(batch["images"], CLIP_MEAN, CLIP_STD)
     assert images.dtype == torch.float32 and -2.0 < images.min() and images.max() < 2.7
 
 
@@ -480,12 +485,13 @@ def test_two_loader_workers_under_spawn_with_syntax_text_masking(tmp_path):
 
 
 def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
-    """build_train_loader serves ``digits`` like any source: uint8 images with the digits' own
-    mean and std (0.5) declared for the trainer's normalisation, stats,
-    a JSON state that continues exactly, and a state from another setup refused."""
-    from clipa.data.loader import BUILT_IN, Loader
+    """build_train_loader serves ``digits`` like any source: uint8 images, the digits' own mean
+    and std (0.5) declared in the source's record for the model trained on it, stats, a JSON
+    state that continues exactly, and a state from another setup refused."""
+    from clipa.data.builtin import BUILT_IN
+    from clipa.data.loader import Loader
 
-    assert "digits" in BUILT_IN
+    assert BUILT_IN["digits"].preprocess.mean == BUILT_IN["digits"].preprocess.std == (0.5, 0.5, 0.5)
     loader = build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3)
     assert isinstance(loader, Loader) and loader.stats() == {}
     it = iter(loader)
@@ -494,8 +500,7 @@ def test_digits_is_a_built_in_source_behind_the_same_loader_protocol():
     rest = [next(it) for _ in range(3)]
     levels = first[0]["images"]
     assert levels.dtype == torch.uint8 and levels.shape == (8, 3, 16, 16)
-    assert loader.mean == loader.std == (0.5, 0.5, 0.5)
-    torch.testing.assert_close(normalise(levels, mean=loader.mean, std=loader.std), levels / 127.5 - 1)
+    torch.testing.assert_close(normalise(levels, (0.5,) * 3, (0.5,) * 3), levels / 127.5 - 1)
     assert torch.equal(levels[:, 0], levels[:, 2])  # grey: R = G = B
     assert levels.min() == 0 and levels.max() > 200  # black background, white strokes
     resumed = iter(build_train_loader(DataConfig(source="digits"), 16, 8, zero_tokens, seed=3, state=state))
@@ -542,7 +547,7 @@ def test_convert_inspect_and_train_on_the_same_folder(tmp_path, capsys):
     assert state["global_step"] == 4 and state["loader"]["skipped"] == {}
     assert state["loader"]["fingerprint"]["source"] == load_source(str(shards)).fingerprint()
     assert state["loader"]["epoch"] == 1  # 8 samples from 6: the whole folder was read once
-    assert state["config"]["stages"][0]["name"] == "main"  # not the built-in stage's "digits"
+    assert state["config"]["stages"][0]["name"] == "main"
 
 
 def test_image_folder_with_caption_sidecars(tmp_path):

@@ -32,6 +32,7 @@ from clipa.bigbatch import forward_backward
 from clipa.cli import main
 from clipa.config import OptimConfig, StageConfig, TrainConfig, from_dict, load_config
 from clipa.loss import clip_loss, global_loss, sigmoid_loss, tiled_clip_loss
+from clipa.models.parallelize import parallelize
 from clipa.train.optim import build_optimizer
 
 WORLD, BATCH, STEPS = 2, 8, 3
@@ -63,10 +64,11 @@ def train_steps(info: distributed.DistInfo, kind: str, microbatch: int | None, l
     if resume is not None:
         saved = torch.load(resume)
         model.load_state_dict(saved["model"])
-    wrapped = distributed.wrap_model(model, TrainConfig(parallel=kind), info)
-    optimizer = build_optimizer(wrapped, OptimConfig(eps=1e-3), StageConfig(lr=1e-3))
+    wrapped = parallelize(model, TrainConfig(parallel=kind), info.device, info.world_size)
+    optimizer = build_optimizer(wrapped, OptimConfig(eps=1e-3), 1e-3)
     if resume is not None:
-        ckpt.load_optimizer({"optimizer": saved["optimizer"]}, wrapped, optimizer, info)
+        restored = ckpt.Restored(model={}, optimizer=saved["optimizer"], rng=None, loader=None)
+        ckpt.load_optimizer(Path(resume).parent, restored, wrapped, optimizer, info)
     images, text = (x.chunk(info.world_size)[info.rank] for x in global_batch())
     loss_fn = global_loss(LOSSES[loss], info.rank, info.world_size)
     losses, norms = [], []
@@ -201,7 +203,7 @@ def test_fsdp_checkpoint_resumes_under_two_ranks_and_loads_under_one(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
 
     final = ckpt.latest_checkpoint(straight / "checkpoints")
-    model, _ = ckpt.load_model(final)  # one process, no process group: reads the shards whole
+    model, _ = clipa.load_model(final)  # one process, no process group: reads the shards whole
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, a[k], rtol=0, atol=0, msg=k)
     assert main(["export", str(final), "--output", str(tmp_path / "openclip")]) == 0  # `clipa export` reads shards
@@ -212,7 +214,7 @@ def test_fsdp_checkpoint_resumes_under_two_ranks_and_loads_under_one(tmp_path):
     alone.mkdir()
     shutil.copy(ckpt.consolidate(final), alone / "model.safetensors")
     shutil.copy(final / "state.json", alone / "state.json")
-    model, _ = ckpt.load_model(alone)  # the consolidated file alone
+    model, _ = clipa.load_model(alone)  # the consolidated file alone
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, a[k], rtol=0, atol=0, msg=k)
 
@@ -226,5 +228,5 @@ def test_torchrun_cli(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("zero-shot top-1") == 1  # printed by rank 0 only
-    model, _ = ckpt.load_model(tmp_path)
+    model, _ = clipa.load_model(tmp_path)
     assert model.visual.image_size == 16

@@ -16,15 +16,27 @@ from PIL import Image
 
 import clipa
 from clipa.cli import main
+from clipa.config import PreprocessConfig
 from clipa.data import imagenet
 from clipa.data.eval_sets import (batches, caption_shards_set, clip_benchmark_set, image_folder_set, imagenet_set,
                                   open_data)
-from clipa.data.transforms import build_eval_transform as eval_transform
+from clipa.data.transforms import build_eval_transform
 from clipa.eval import linear_probe
 from clipa.eval.linear_probe import holdout_split
-from clipa.eval.runner import evaluate_set, result_record, run_evals
+from clipa.eval.runner import EvalOptions, evaluate_run, evaluate_set, result_record
+from clipa.runtime import resolve_runtime
 from clipa.tokenizer import tokenizer_for
 from conftest import bomb_png, corrupt_header, write_samples
+
+
+def options(batch_size: int) -> EvalOptions:
+    """Evaluation in this process on the CPU, in fp32."""
+    return EvalOptions(resolve_runtime("cpu", "fp32", 0), batch_size)
+
+
+def eval_transform(size: int):
+    """The evaluation transform of a model with CLIP's preprocessing (every registry model's)."""
+    return build_eval_transform(size, PreprocessConfig())
 
 
 def _jpeg(color, size=(40, 30)) -> bytes:
@@ -71,25 +83,26 @@ def test_a_slice_of_a_class_sorted_shard_keeps_every_class(tmp_path):
     (tmp_path / "classnames.txt").write_text("\n".join(f"class {c}" for c in range(10)))
     total = sum(sizes)
     want = total // 5
-    es = open_data(tmp_path, 16, max_samples=want)
+    es = open_data(tmp_path, eval_transform(16), max_samples=want)
     labels = torch.cat([y for _, y in batches(es, batch_size=16)])
     assert len(labels) == es.size == want
     counts = torch.bincount(labels, minlength=10)
     for c, n in enumerate(sizes):
         assert abs(counts[c].item() - n * want / total) < 1, (c, counts.tolist())
     assert es.drawn == f"{want} of {total} samples, evenly spaced over the whole set (1 in 5)"
-    assert open_data(tmp_path, 16).drawn is None
+    assert open_data(tmp_path, eval_transform(16)).drawn is None
 
     for c, n in enumerate(sizes):
         (tmp_path / "folder" / f"c{c}").mkdir(parents=True)
         for i in range(n):
             (tmp_path / "folder" / f"c{c}" / f"{i:02d}.jpg").write_bytes(b"")
-    folder = open_data(tmp_path / "folder", 16, classnames=str(tmp_path / "classnames.txt"), max_samples=want)
+    folder = open_data(tmp_path / "folder", eval_transform(16), classnames=str(tmp_path / "classnames.txt"),
+                       max_samples=want)
     counts = torch.bincount(torch.tensor([label for _, label in folder.dataset.items]), minlength=10)
     assert all(abs(counts[c].item() - n * want / total) < 1 for c, n in enumerate(sizes)), counts.tolist()
 
     model = clipa.create_model("clipa-tiny").eval()
-    metrics = evaluate_set(model, tokenizer_for(model), es, "zeroshot", "cpu", batch_size=32)
+    metrics = evaluate_set(model, tokenizer_for(model), es, "zeroshot", options(32))
     assert metrics["samples"] == {"scored": want, "skipped": {}, "drawn": es.drawn}
 
 
@@ -116,9 +129,9 @@ def test_image_folder_and_open_data(tmp_path):
     es = image_folder_set(tmp_path / "imgs", tmp_path / "names.txt", transform=eval_transform(16))
     assert es.classnames == ["apple", "banana"] and len(es.templates) == 80 and es.size == 4
     assert [es.dataset[i][1] for i in range(4)] == [0, 0, 1, 1]  # sorted folders: a_cls = 0
-    assert open_data(tmp_path / "imgs", 16, classnames=str(tmp_path / "names.txt")).size == 4
+    assert open_data(tmp_path / "imgs", eval_transform(16), classnames=str(tmp_path / "names.txt")).size == 4
     with pytest.raises(FileNotFoundError, match="--classnames"):
-        open_data(tmp_path / "imgs", 16)
+        open_data(tmp_path / "imgs", eval_transform(16))
 
 
 def test_imagenet_metadata_matches_references():
@@ -207,9 +220,9 @@ def test_a_folder_of_several_splits_gives_one_and_counts_it(tmp_path, weights, c
     assert (table["images"], table["captions"], table["skipped"]) == ("3", "6", "0")
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["dataset"] == "f-test" and result["samples"] == {"scored": 3, "captions": 6, "skipped": {}}
-    assert open_data(tmp_path / "f", 16, split="train").dataset.count() == 4
+    assert open_data(tmp_path / "f", eval_transform(16), split="train").dataset.count() == 4
     with pytest.raises(FileNotFoundError, match=r"several splits \(test, train, val\).*--split"):
-        open_data(tmp_path / "f", 16, split="dev")
+        open_data(tmp_path / "f", eval_transform(16), split="dev")
 
 
 def test_eval_command_tasks(tmp_path, weights, capsys):
@@ -235,13 +248,13 @@ def test_eval_command_tasks(tmp_path, weights, capsys):
     assert "mean_per_class_recall" in table and "text_retrieval_recall@10" in table
 
 
-def test_run_evals_hook(tmp_path):
-    from clipa.config import EvalConfig
+def test_evaluate_run_reads_the_runs_eval_data(tmp_path):
     write_samples(tmp_path / "caps.tar", [(f"c{i}", {"jpg": _jpeg((40 * i, 0, 0)), "txt": f"x {i}\ny {i}".encode()})
                                  for i in range(5)])
     model = clipa.create_model("clipa-tiny")
     model.train()
-    metrics = run_evals(model, tokenizer_for(model), EvalConfig(data=str(tmp_path / "caps.tar"), batch_size=2), "cpu")
+    name, task, metrics = evaluate_run(model, tokenizer_for(model), "digits", str(tmp_path / "caps.tar"), options(2))
+    assert (name, task) == (f"{tmp_path.name}-caps", "retrieval")
     assert model.training and metrics["image_retrieval_recall@10"] == 1.0
     assert metrics["samples"] == {"scored": 5, "captions": 10, "skipped": {}}
 
@@ -283,8 +296,8 @@ def test_a_corrupt_tar_header_costs_only_the_damaged_sample(tmp_path, weights):
 
     model = clipa.create_model("clipa-tiny", pretrained=weights).eval()
     tokenizer = tokenizer_for(model)
-    got = evaluate_set(model, tokenizer, open_data(damaged, 32), "zeroshot", "cpu", batch_size=4)
-    want = evaluate_set(model, tokenizer, open_data(clean, 32), "zeroshot", "cpu", batch_size=4)
+    got = evaluate_set(model, tokenizer, open_data(damaged, eval_transform(32)), "zeroshot", options(4))
+    want = evaluate_set(model, tokenizer, open_data(clean, eval_transform(32)), "zeroshot", options(4))
     assert got["samples"] == samples and want["samples"] == {"scored": 15, "skipped": {}}
     record = result_record("damaged", "zeroshot", got, "clipa-tiny", str(weights))
     assert record["samples"] == samples and set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
@@ -318,7 +331,7 @@ def test_every_kind_of_bad_evaluation_sample_is_counted(tmp_path, weights):
     (root / "test" / "nshards.txt").write_text("2\n")
     model = clipa.create_model("clipa-tiny", pretrained=weights).eval()
     tokenizer = tokenizer_for(model)
-    metrics = evaluate_set(model, tokenizer, open_data(root, 32), "zeroshot", "cpu", batch_size=3)
+    metrics = evaluate_set(model, tokenizer, open_data(root, eval_transform(32)), "zeroshot", options(3))
     # the truncated copy yields its first sample (g0) before the damage; the rest counts once
     assert metrics["samples"] == {"scored": 5, "skipped": {
         "bad_text": 1, "corrupt_shard": 1, "decompression_bomb": 1, "empty_image": 1, "missing_image": 1,
@@ -331,8 +344,8 @@ def test_every_kind_of_bad_evaluation_sample_is_counted(tmp_path, weights):
     _folder(tmp_path / "imgs", ["a", "b"])
     (tmp_path / "imgs" / "b" / "2.jpg").write_bytes(b"not an image")
     (tmp_path / "names.txt").write_text("apple\nbanana\n")
-    folder = evaluate_set(model, tokenizer, open_data(tmp_path / "imgs", 32, classnames=str(tmp_path / "names.txt")),
-                          "zeroshot", "cpu")
+    folder_set = open_data(tmp_path / "imgs", eval_transform(32), classnames=str(tmp_path / "names.txt"))
+    folder = evaluate_set(model, tokenizer, folder_set, "zeroshot", options(256))
     assert folder["samples"] == {"scored": 4, "skipped": {"corrupt_image": 1}}
 
 
@@ -343,12 +356,12 @@ def test_given_templates_replace_a_benchmark_sets_own_and_must_exist(tmp_path):
     (tmp_path / "zeroshot_classification_templates.txt").write_text("a {c} square.\n")
     mine = tmp_path / "mine.txt"
     mine.write_text("my {c}.\nour {c}.\n")
-    assert open_data(tmp_path, 16).templates == ["a {c} square."]
-    assert open_data(tmp_path, 16, templates=str(mine)).templates == ["my {c}.", "our {c}."]
+    assert open_data(tmp_path, eval_transform(16)).templates == ["a {c} square."]
+    assert open_data(tmp_path, eval_transform(16), templates=str(mine)).templates == ["my {c}.", "our {c}."]
     with pytest.raises(FileNotFoundError, match="missing.txt"):
-        open_data(tmp_path, 16, templates=str(tmp_path / "missing.txt"))
+        open_data(tmp_path, eval_transform(16), templates=str(tmp_path / "missing.txt"))
     shards = tmp_path / "captions"
     shards.mkdir()
     write_samples(shards / "0.tar", [("c0", {"jpg": _jpeg((0, 0, 0)), "txt": b"a black square"})])
     with pytest.raises(ValueError, match="is a retrieval set, which uses no templates"):
-        open_data(shards, 16, templates=str(mine))
+        open_data(shards, eval_transform(16), templates=str(mine))

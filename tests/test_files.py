@@ -46,8 +46,9 @@ def test_checkpoint_and_export_files_readable_by_group_and_others(tmp_path, mask
 
     mask(0o022)
     optimizer = torch.optim.AdamW(tiny_model.parameters())
-    ckpt.save_checkpoint(tmp_path / "checkpoints", 1, tiny_model, tiny_model, optimizer, {"stage": 0},
-                         ckpt.rng_state(None), DistInfo())
+    state = ckpt.TrainState(stage=0, stage_step=1, stage_done=False, global_step=1, config={})
+    ckpt.CheckpointManager(tmp_path / "checkpoints", DistInfo()).save(state, tiny_model, tiny_model, optimizer,
+                                                                      ckpt.rng_state(None))
     export_openclip(tiny_model, tmp_path / "export")
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors",

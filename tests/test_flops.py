@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import clipa
 from clipa.cli import flops as flops_command
 from clipa.config import ImageReductionConfig
-from clipa.flops import kept_patches, pair_flops
+from clipa.flops import pair_flops
+from clipa.models import get_model_config
 from clipa.reduction.image import num_kept
 
 # OpenCLIP v3.3.0 docs/model_profile.csv (docs/reference.md#flops-per-pair): GFLOPs per pair, forward,
@@ -35,7 +36,7 @@ PUBLISHED = {
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_matches_openclip_published_table(name):
     """Within 1% (in fact within the table's two-decimal rounding) for total, image and text."""
-    f = pair_flops(clipa.get_model_config(name))
+    f = pair_flops(get_model_config(name))
     for ours, theirs in zip((f.forward, f.image, f.text), PUBLISHED[name]):
         assert ours / 1e9 == pytest.approx(theirs, rel=0.01, abs=0.006)
 
@@ -73,8 +74,8 @@ def test_agrees_with_flop_counter(name, size, ratio, length):
     text_fwd = _counted(lambda: model.encode_text(text)) / b
 
     def step():
-        img, txt, t, _ = model(images, text)
-        (t.exp() * (img * txt).sum()).backward()
+        img, txt, scale = model(images, text)
+        (scale * (img * txt).sum()).backward()
 
     train = _counted(step) / b
     assert image_fwd == pytest.approx(expected.image, rel=0.02)
@@ -84,18 +85,24 @@ def test_agrees_with_flop_counter(name, size, ratio, length):
 
 
 def test_masking_and_text_length_shrink_the_count():
-    cfg = clipa.get_model_config("ViT-H-14-CLIPA")
+    cfg = get_model_config("ViT-H-14-CLIPA")
     full = pair_flops(cfg, 224, None, 32)
-    masked = pair_flops(cfg, 224, kept_patches(256, 0.7), 32)
+    masked = pair_flops(cfg, 224, num_kept(ImageReductionConfig(strategy="random", ratio=0.3), 256), 32)
     assert masked.image_tokens == 180 and full.image_tokens == 257
     assert masked.patch_embed == full.patch_embed  # the embedding runs before patches are dropped
     assert masked.image < full.image
     assert pair_flops(cfg, 224, None, 8).text < full.text
 
 
-@pytest.mark.parametrize("n,ratio", [(256, 0.3), (576, 0.4), (49, 0.75), (4, 0.9)])
-def test_kept_patches_matches_the_masking_rule(n, ratio):
-    assert kept_patches(n, 1 - ratio) == num_kept(ImageReductionConfig(strategy="random", ratio=ratio), n)
+@pytest.mark.parametrize("size,ratio", [(224, 0.3), (336, 0.4), (98, 0.75), (28, 0.9)])
+def test_flops_command_counts_kept_patches_by_the_masking_rule(size, ratio, capsys):
+    """``clipa flops --image-keep`` keeps what random masking at ``1 - keep`` keeps in training."""
+    from clipa.cli import main
+
+    n = (size // 14) ** 2
+    assert main(["flops", "ViT-H-14-CLIPA", "--image-size", str(size), "--image-keep", str(1 - ratio)]) == 0
+    kept = num_kept(ImageReductionConfig(strategy="random", ratio=ratio), n)
+    assert f"{kept + 1} image tokens ({kept} of {n} patches + class)" in capsys.readouterr().out
 
 
 def test_cli_prints_forward_and_training_step(capsys):
@@ -121,4 +128,4 @@ def test_cli_refuses_sizes_the_model_cannot_take(argv, flag):
     with pytest.raises(ValueError, match=flag):
         args.func(args)
     with pytest.raises(ValueError, match="patch size 16 .nearest: 96 or 112 px"):
-        pair_flops(clipa.get_model_config("ViT-B-16"), 100)
+        pair_flops(get_model_config("ViT-B-16"), 100)

@@ -17,6 +17,7 @@ from clipa import distributed
 from clipa.bigbatch import forward_backward
 from clipa.config import TrainConfig
 from clipa.loss import clip_loss, global_loss
+from clipa.models.parallelize import parallelize
 
 from test_distributed import _join, global_batch, spawn, tiny_model
 
@@ -53,7 +54,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         cfg = TrainConfig(parallel="fsdp", fsdp_reshard_after_forward=reshard)
         torch.manual_seed(0)
         model = tiny_model("clip")
-        wrapped = distributed.wrap_model(model, cfg, info)
+        wrapped = parallelize(model, cfg, info.device, info.world_size)
         no_sync = distributed.no_sync_factory(wrapped, info, keep_gathered=not reshard)
         for micro in (None, MICRO):
             def step():
@@ -68,7 +69,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     for mp in (False, True):
         torch.manual_seed(0)
         model = tiny_model("clip")
-        wrapped = distributed.wrap_model(model, TrainConfig(parallel="fsdp", fsdp_mixed_precision=mp), info)
+        wrapped = parallelize(model, TrainConfig(parallel="fsdp", fsdp_mixed_precision=mp), info.device, info.world_size,
+                              dtype=torch.bfloat16 if mp else None)
         loss = forward_backward(wrapped, images, text, loss_fn, MICRO,
                                 no_sync=distributed.no_sync_factory(wrapped, info))
         result[("mp", mp)] = (loss, {p.grad.dtype for p in wrapped.parameters()},

@@ -20,7 +20,9 @@ from safetensors.torch import save_file
 
 import clipa
 from clipa.config import ConfigError, load_config, to_dict
-from clipa.hub import PRETRAINED, model_config_from_openclip, push_to_hub, save_pretrained
+from clipa.hub import PRETRAINED, pretrained_config, push_to_hub, save_pretrained
+from clipa.models import get_model_config
+from clipa.models.openclip import from_openclip
 from clipa.hubfile import HubError
 from clipa.tokenizer import BERT_ENV
 
@@ -181,8 +183,13 @@ def test_pretrained_tags_are_openclips():
         cfg = open_clip.get_pretrained_cfg(model, tag)
         assert cfg["hf_hub"] == entry.repo + "/", (model, tag)  # "/": the repository's default weights file
         assert bool(cfg.get("quick_gelu")) == entry.quick_gelu, (model, tag)
-        assert to_dict(clipa.get_model_config(model)) == to_dict(model_config_from_openclip(
-            open_clip.get_model_config(model))), model
+        assert to_dict(get_model_config(model)) == to_dict(from_openclip(
+            {"model_cfg": open_clip.get_model_config(model)})), model
+        # the weights come with the preprocessing they were trained with (CLIPA's: ImageNet's, squashed)
+        served = to_dict(pretrained_config(model, tag).preprocess)
+        for key in ("mean", "std", "interpolation", "resize_mode"):
+            want = cfg.get(key, getattr(open_clip.transform.PreprocessCfg(), key))
+            assert served[key] == (list(want) if isinstance(want, tuple) else want), (model, tag, key)
     assert {m for m, t in PRETRAINED if t == "openai"} >= {"ViT-B-32", "ViT-B-16", "ViT-L-14"}
     assert {m for m, _ in PRETRAINED if "CLIPA" in m} == {f"ViT-{s}-14-CLIPA{r}" for s in ("L", "H", "bigG")
                                                          for r in ("", "-336")}

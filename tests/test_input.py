@@ -6,6 +6,7 @@ must not), float64 arithmetic for the normalisation, and hand-set CPU counts.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -13,9 +14,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from clipa.config import DataConfig
-from clipa.data import CLIP_MEAN, CLIP_STD, build_train_loader
-from clipa.data.loader import default_workers
+from clipa.config import CLIP_MEAN, CLIP_STD, DataConfig
+from clipa.data import build_train_loader
+from clipa.runtime import default_workers
 from clipa.data.transforms import normalise
 from conftest import write_tar
 
@@ -39,7 +40,7 @@ def shards(root: Path, side: int, n: int = 2, per: int = 6) -> str:
 
 
 def batches(data: DataConfig, size: int, n: int, batch: int = 4) -> list[dict]:
-    loader = build_train_loader(data, size, batch, zero_tokens, seed=3)
+    loader = build_train_loader(dataclasses.replace(data, workers=1), size, batch, zero_tokens, seed=3)
     out = []
     for b in loader:
         out.append(b)
@@ -92,19 +93,19 @@ def test_normalise_equals_the_float64_reference_on_any_dtype():
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=torch.float64).view(3, 1, 1)
     ref = (x.double() / 255 - mean) / std
-    got = normalise(x)
+    got = normalise(x, CLIP_MEAN, CLIP_STD)
     assert got.dtype == torch.float32 and (got.double() - ref).abs().max() < 1e-6
     assert x.dtype == torch.uint8  # the batch itself is left alone
-    half = normalise(x, torch.bfloat16)
+    half = normalise(x, CLIP_MEAN, CLIP_STD, torch.bfloat16)
     assert half.dtype == torch.bfloat16 and torch.equal(half, got.to(torch.bfloat16))
-    assert torch.equal(normalise(x[0]), got[0])  # one image as well as a batch
+    assert torch.equal(normalise(x[0], CLIP_MEAN, CLIP_STD), got[0])  # one image as well as a batch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_normalise_on_the_gpu_equals_the_cpu():
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8).pin_memory()
-    on_gpu = normalise(x.to("cuda", non_blocking=True))
-    assert on_gpu.device.type == "cuda" and (on_gpu.cpu() - normalise(x)).abs().max() < 1e-6
+    on_gpu = normalise(x.to("cuda", non_blocking=True), CLIP_MEAN, CLIP_STD)
+    assert on_gpu.device.type == "cuda" and (on_gpu.cpu() - normalise(x, CLIP_MEAN, CLIP_STD)).abs().max() < 1e-6
 
 
 # ----------------------------------------------------------------------------- data.decode: cuda
@@ -154,7 +155,7 @@ def test_device_decoding_without_a_gpu_or_codec_is_one_line(tmp_path, monkeypatc
     source = shards(tmp_path, 40, n=1, per=2)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^data.decode: cuda needs a CUDA GPU, and torch sees none"):
-            build_train_loader(DataConfig(source=source, decode="cuda"), 32, 2, zero_tokens, seed=0)
+            build_train_loader(DataConfig(source=source, decode="cuda", workers=1), 32, 2, zero_tokens, seed=0)
     import clipa.data.decode as decode_module
 
     def no_codec(*args, **kwargs):
@@ -163,7 +164,7 @@ def test_device_decoding_without_a_gpu_or_codec_is_one_line(tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(decode_module, "decode_jpeg", no_codec)
     with pytest.raises(ValueError) as e:
-        build_train_loader(DataConfig(source=source, decode="cuda"), 32, 2, zero_tokens, seed=0)
+        build_train_loader(DataConfig(source=source, decode="cuda", workers=1), 32, 2, zero_tokens, seed=0)
     assert str(e.value) == ("data.decode: cuda: torchvision cannot decode JPEGs on cuda here "
                             "(nvjpeg is not available in this build); use data.decode=cpu")
 
@@ -214,8 +215,8 @@ def test_each_step_reports_how_long_it_waited_for_data(tmp_path, monkeypatch):
 
     class Slow:
         def __init__(self, loader):
-            self.loader, self.mean, self.std = loader, loader.mean, loader.std
-            self.state_dict, self.stats = loader.state_dict, loader.stats
+            self.loader = loader
+            self.state_dict, self.stats, self.close = loader.state_dict, loader.stats, loader.close
 
         def __iter__(self):
             for batch in self.loader:
@@ -226,9 +227,9 @@ def test_each_step_reports_how_long_it_waited_for_data(tmp_path, monkeypatch):
     reported = []
     original = Trainer._report
 
-    def record(self, progress, step, lr, rate, waited, loader):
+    def record(self, progress, plan, step, lr, rate, waited, loader):
         reported.append(waited)
-        return original(self, progress, step, lr, rate, waited, loader)
+        return original(self, progress, plan, step, lr, rate, waited, loader)
 
     monkeypatch.setattr(Trainer, "_report", record)
     tiny = ("model_overrides={embed_dim: 32, vision: {image_size: 16, patch_size: 4, width: 64, layers: 1, "

@@ -5,6 +5,9 @@
 - ``tiled_clip_loss`` vs ``clip_loss``: value and gradients (embeddings and temperature)
   within 1e-5 relative. Ill-conditioned inputs (scale 100, near-identical rows) are
   compared in fp64, because there the fp32 naive loss itself is only ~1e-4 from exact.
+
+Every loss takes the scale ``exp(t)`` that the model's forward returns; the gradients are
+taken with respect to the log-temperature t, the parameter, through that exp.
 """
 
 import functools
@@ -20,7 +23,7 @@ from clipa.loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
 open_clip_loss = pytest.importorskip("open_clip.loss")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
-SCALE_100 = MAX_LOGIT_SCALE - 1e-4  # just under the clamp, so the temperature still has a gradient
+SCALE_100 = MAX_LOGIT_SCALE - 1e-4  # t just under the cap the trainer keeps
 
 
 def embeddings(b: int, d: int = 16, dtype=torch.float32, device="cpu", seed: int = 0):
@@ -31,10 +34,10 @@ def embeddings(b: int, d: int = 16, dtype=torch.float32, device="cpu", seed: int
 
 
 def value_and_grads(fn, img, txt, t):
-    """The loss and its gradients w.r.t. img, txt and the log-temperature t."""
+    """The loss of ``fn(img, txt, exp(t))`` and its gradients w.r.t. img, txt and the log-temperature t."""
     img, txt = img.detach().clone().requires_grad_(), txt.detach().clone().requires_grad_()
     t = torch.tensor(float(t), dtype=img.dtype, device=img.device, requires_grad=True)
-    loss = fn(img, txt, t)
+    loss = fn(img, txt, t.exp())
     loss.backward()
     return [loss.detach(), img.grad, txt.grad, t.grad]
 
@@ -46,8 +49,8 @@ def assert_rel_close(got, ref, rtol):
         assert err <= rtol * b.abs().max().item(), f"{name}: error {err:.3g}, |ref| {b.abs().max():.3g}"
 
 
-def openclip(img, txt, t):
-    return open_clip_loss.ClipLoss()(img, txt, t.exp())
+def openclip(img, txt, scale):
+    return open_clip_loss.ClipLoss()(img, txt, scale)
 
 
 @pytest.mark.parametrize("t", [math.log(1 / 0.07), 0.0, SCALE_100])
@@ -58,14 +61,6 @@ def test_clip_loss_matches_openclip(t):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_clip_loss_clamps_the_temperature_at_100():
-    img, txt = embeddings(32)
-    loss, _, _, dt = value_and_grads(clip_loss, img, txt, math.log(300.0))
-    ref = open_clip_loss.ClipLoss()(img, txt, torch.tensor(100.0))
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
-    assert dt == 0
-
-
 @pytest.mark.parametrize("loss_fn", [clip_loss, tiled_clip_loss], ids=["naive", "tiled"])
 def test_temperature_clamped_to_the_cap_keeps_its_gradient(loss_fn):
     """The trainer clamps the fp32 parameter to MAX_LOGIT_SCALE after each step; there the
@@ -74,15 +69,15 @@ def test_temperature_clamped_to_the_cap_keeps_its_gradient(loss_fn):
     t = torch.tensor(5.0, requires_grad=True)
     with torch.no_grad():
         t.clamp_(0, MAX_LOGIT_SCALE)
-    loss_fn(img, txt, t).backward()
+    loss_fn(img, txt, t.exp()).backward()
     assert t.grad != 0
 
 
 def test_sigmoid_loss_matches_openclip():
     img, txt = embeddings(32)
     bias = torch.tensor(-10.0)
-    ours = value_and_grads(lambda i, x, t: sigmoid_loss(i, x, t, bias), img, txt, math.log(10.0))
-    ref = value_and_grads(lambda i, x, t: open_clip_loss.SigLipLoss()(i, x, t.exp(), bias), img, txt, math.log(10.0))
+    ours = value_and_grads(lambda i, x, s: sigmoid_loss(i, x, s, bias), img, txt, math.log(10.0))
+    ref = value_and_grads(lambda i, x, s: open_clip_loss.SigLipLoss()(i, x, s, bias), img, txt, math.log(10.0))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -142,21 +137,24 @@ def test_tiled_is_stable_with_logits_far_beyond_exp_range():
     assert_rel_close(value_and_grads(tiled, img, txt, SCALE_100), ref, 1e-5)
 
 
-def test_tiled_temperature_clamp_matches_naive():
+def test_no_cap_in_the_loss_as_openclip():
+    """At scale 300, beyond the cap the trainer keeps the parameter under, both losses are
+    OpenCLIP's ``ClipLoss`` (the temperature keeps its gradient): the cap is the parameter's."""
     img, txt = embeddings(32)
-    got = value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile=5), img, txt, math.log(300.0))
-    ref = value_and_grads(clip_loss, img, txt, math.log(300.0))
-    assert got[3] == 0 and ref[3] == 0
-    assert_rel_close(got[:3], ref[:3], 1e-5)
+    ref = value_and_grads(openclip, img, txt, math.log(300.0))
+    assert ref[3] != 0
+    assert_rel_close(value_and_grads(clip_loss, img, txt, math.log(300.0)), ref, 1e-5)
+    assert_rel_close(value_and_grads(lambda i, x, s: tiled_clip_loss(i, x, s, tile=5), img, txt, math.log(300.0)),
+                     ref, 1e-5)
 
 
 def test_tiled_gradcheck_fp64():
     img, txt = embeddings(9, 4, torch.float64)
     q = img.requires_grad_()
     k = torch.randn(13, 4, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, k, t: tiled_cross_entropy(q, k, t, offset=3, tile=4), (q, k, t))
-    assert torch.autograd.gradcheck(lambda q, k, t: tiled_clip_loss(q, k, t, tile=4), (q, txt.requires_grad_(), t))
+    s = torch.tensor(3.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, k, s: tiled_cross_entropy(q, k, s, offset=3, tile=4), (q, k, s))
+    assert torch.autograd.gradcheck(lambda q, k, s: tiled_clip_loss(q, k, s, tile=4), (q, txt.requires_grad_(), s))
 
 
 @pytest.mark.parametrize("loss_fn", [clip_loss, functools.partial(tiled_clip_loss, tile=5)], ids=["naive", "tiled"])
@@ -167,20 +165,20 @@ def test_cross_rank_local_losses_average_to_the_global_loss(loss_fn):
     world, b_local = 4, 12
     img, txt = embeddings(world * b_local, dtype=torch.float64)
 
-    def local(all_img, all_txt, t, r):
+    def local(all_img, all_txt, s, r):
         rows = slice(r * b_local, (r + 1) * b_local)
-        return loss_fn(all_img[rows], all_txt[rows], t, all_img=all_img, all_txt=all_txt, offset=r * b_local)
+        return loss_fn(all_img[rows], all_txt[rows], s, all_img=all_img, all_txt=all_txt, offset=r * b_local)
 
-    def openclip_local(all_img, all_txt, t, r):  # ClipLoss.get_logits with local_loss=True
+    def openclip_local(all_img, all_txt, s, r):  # ClipLoss.get_logits with local_loss=True
         rows = slice(r * b_local, (r + 1) * b_local)
         labels = open_clip_loss.ClipLoss(local_loss=True, rank=r, world_size=world).get_ground_truth("cpu", b_local)
-        return (F.cross_entropy(t.exp() * all_img[rows] @ all_txt.T, labels)
-                + F.cross_entropy(t.exp() * all_txt[rows] @ all_img.T, labels)) / 2
+        return (F.cross_entropy(s * all_img[rows] @ all_txt.T, labels)
+                + F.cross_entropy(s * all_txt[rows] @ all_img.T, labels)) / 2
 
     for r in range(world):
-        got = value_and_grads(lambda i, x, t: local(i, x, t, r), img, txt, 2.0)
-        assert_rel_close(got, value_and_grads(lambda i, x, t: openclip_local(i, x, t, r), img, txt, 2.0), 1e-5)
-    mean = value_and_grads(lambda i, x, t: sum(local(i, x, t, r) for r in range(world)) / world, img, txt, 2.0)
+        got = value_and_grads(lambda i, x, s: local(i, x, s, r), img, txt, 2.0)
+        assert_rel_close(got, value_and_grads(lambda i, x, s: openclip_local(i, x, s, r), img, txt, 2.0), 1e-5)
+    mean = value_and_grads(lambda i, x, s: sum(local(i, x, s, r) for r in range(world)) / world, img, txt, 2.0)
     assert_rel_close(mean, value_and_grads(clip_loss, img, txt, 2.0), 1e-5)
 
 
@@ -191,37 +189,38 @@ def test_cross_rank_sigmoid_losses_average_to_the_global_loss():
     img, txt = embeddings(world * b_local, dtype=torch.float64)
     bias = torch.tensor(-10.0, dtype=torch.float64)
 
-    def local(all_img, all_txt, t, r):
+    def local(all_img, all_txt, s, r):
         rows = slice(r * b_local, (r + 1) * b_local)
-        return sigmoid_loss(all_img[rows], all_txt[rows], t, bias, all_img=all_img, all_txt=all_txt,
+        return sigmoid_loss(all_img[rows], all_txt[rows], s, bias, all_img=all_img, all_txt=all_txt,
                             offset=r * b_local)
 
-    mean = value_and_grads(lambda i, x, t: sum(local(i, x, t, r) for r in range(world)) / world, img, txt, 2.3)
-    ref = value_and_grads(lambda i, x, t: sigmoid_loss(i, x, t, bias), img, txt, 2.3)
+    mean = value_and_grads(lambda i, x, s: sum(local(i, x, s, r) for r in range(world)) / world, img, txt, 2.3)
+    ref = value_and_grads(lambda i, x, s: sigmoid_loss(i, x, s, bias), img, txt, 2.3)
     assert_rel_close(mean, ref, 1e-10)
     with pytest.raises(ValueError, match="bias"):
-        sigmoid_loss(img, txt, torch.tensor(2.3))
+        sigmoid_loss(img, txt, torch.tensor(10.0))
 
 
 def test_one_signature_and_the_bias_is_ignored_by_infonce():
-    """The three losses take ``(img, txt, t, b=None, *, all_img, all_txt, offset)``, so
-    ``loss_fn(*model(images, text))`` works for each; the softmax losses ignore ``b``."""
-    names = ["img", "txt", "t", "b", "all_img", "all_txt", "offset"]
+    """The three losses take ``(img, txt, logit_scale, logit_bias=None, *, all_img, all_txt,
+    offset)``, so ``loss_fn(*model(images, text))`` works for each; the softmax losses ignore
+    the bias."""
+    names = ["img", "txt", "logit_scale", "logit_bias", "all_img", "all_txt", "offset"]
     for fn in (clip_loss, tiled_clip_loss, sigmoid_loss):
         assert list(inspect.signature(fn).parameters)[:7] == names, fn.__name__
     img, txt = embeddings(6)
-    t, b = torch.tensor(2.0), torch.tensor(-10.0)
+    s, b = torch.tensor(7.0), torch.tensor(-10.0)
     for fn in (clip_loss, tiled_clip_loss):
-        assert fn(img, txt, t, b) == fn(img, txt, t)
+        assert fn(img, txt, s, b) == fn(img, txt, s)
     with pytest.raises(ValueError, match="both all_img and all_txt"):
-        clip_loss(img, txt, t, all_txt=txt)
+        clip_loss(img, txt, s, all_txt=txt)
 
 
 def test_tiled_promotes_bf16_and_returns_bf16_gradients():
     img, txt = embeddings(32)
     img, txt = img.bfloat16().requires_grad_(), txt.bfloat16().requires_grad_()
-    t = torch.tensor(2.0, requires_grad=True)
-    loss = tiled_clip_loss(img, txt, t, tile=8)
+    s = torch.tensor(7.0, requires_grad=True)
+    loss = tiled_clip_loss(img, txt, s, tile=8)
     loss.backward()
     assert loss.dtype == torch.float32 and img.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(loss, clip_loss(img.float(), txt.float(), t), rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss, clip_loss(img.float(), txt.float(), s), rtol=1e-5, atol=0)

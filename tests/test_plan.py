@@ -66,8 +66,8 @@ def test_recipe_learning_rates_follow_their_written_scaling(name):
     at_256 = load_config(CONFIGS / f"{name}.yaml", ["stage.batch_size=256"])
     for stage, small in zip(cfg.stages, at_256.stages):
         assert stage.lr_per_256 is not None
-        assert stage.lr == pytest.approx(stage.lr_per_256 * stage.batch_size / 256, rel=1e-9)
-        assert small.lr == pytest.approx(stage.lr_per_256, rel=1e-9)
+        assert stage.peak_lr == pytest.approx(stage.lr_per_256 * stage.batch_size / 256, rel=1e-9)
+        assert small.peak_lr == pytest.approx(stage.lr_per_256, rel=1e-9)
 
 
 def test_v2_schedule_shape():

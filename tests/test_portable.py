@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipa import checkpoint as ckpt
+from clipa.checksums import write_checksums
 from clipa.train.trainer import Trainer
 
 from test_train import _params, tiny_cfg
@@ -90,6 +91,7 @@ def _as_if_written_on_gpu(step_dir) -> None:
     rng["generator_cuda"] = StandInCudaGenerator(99).get_state()
     rng["cuda0"] = torch.zeros(16, dtype=torch.uint8)
     save_file(rng, str(step_dir / "rng.safetensors"))
+    write_checksums(step_dir)  # as written: the checkpoint is intact
 
 
 def test_a_gpu_written_checkpoint_resumes_on_cpu(tmp_path):
@@ -102,6 +104,7 @@ def test_a_gpu_written_checkpoint_resumes_on_cpu(tmp_path):
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step_00000002", middle)
     _as_if_written_on_gpu(middle)
     resumed = Trainer(tiny_cfg(tmp_path / "b", *args, "train.resume=latest"))
+    assert resumed.resume.path == middle  # (a damaged copy once made this a fresh run that matched by chance)
     resumed.fit()
     a, b = _params(straight.model), _params(resumed.model)
     for k in a:

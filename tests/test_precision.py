@@ -21,15 +21,15 @@ from clipa.loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
 SCALE_100 = MAX_LOGIT_SCALE - 1e-4
 WORLD, B_LOCAL, DIM = 4, 16, 32
 TILED = functools.partial(tiled_clip_loss, tile=24)
-SIGMOID = functools.partial(sigmoid_loss, b=torch.tensor(-10.0))
+SIGMOID = functools.partial(sigmoid_loss, logit_bias=torch.tensor(-10.0))
 
 
 def across_ranks(loss_fn):
     """The mean over WORLD simulated ranks of each rank's local loss on the global batch."""
 
-    def mean(img, txt, t):
+    def mean(img, txt, scale):
         return sum(
-            loss_fn(img[r * B_LOCAL:(r + 1) * B_LOCAL], txt[r * B_LOCAL:(r + 1) * B_LOCAL], t,
+            loss_fn(img[r * B_LOCAL:(r + 1) * B_LOCAL], txt[r * B_LOCAL:(r + 1) * B_LOCAL], scale,
                     all_img=img, all_txt=txt, offset=r * B_LOCAL)
             for r in range(WORLD)
         ) / WORLD
@@ -51,7 +51,7 @@ def value_and_grads(fn, img, txt, t: float, autocast: bool):
     img, txt = img.detach().clone().requires_grad_(), txt.detach().clone().requires_grad_()
     t = torch.tensor(t, dtype=img.dtype, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = fn(img, txt, t)
+        loss = fn(img, txt, t.exp())  # the scale, as the model's forward returns it
     loss.backward()
     return [loss.detach(), img.grad, txt.grad, t.grad]
 
@@ -76,10 +76,10 @@ def test_bf16_embeddings_are_promoted_and_keep_their_gradient_dtype(name):
     g = torch.Generator().manual_seed(1)
     img = F.normalize(torch.randn(8, DIM, generator=g), dim=-1).bfloat16().requires_grad_()
     txt = F.normalize(torch.randn(8, DIM, generator=g), dim=-1).bfloat16().requires_grad_()
-    t = torch.tensor(2.0, requires_grad=True)
+    scale = torch.tensor(7.0, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = LOSSES[name](img, txt, t)
+        loss = LOSSES[name](img, txt, scale)
     loss.backward()
     assert loss.dtype == torch.float32 and img.grad.dtype == torch.bfloat16
-    ref = LOSSES[name](img.detach().float(), txt.detach().float(), t.detach())
+    ref = LOSSES[name](img.detach().float(), txt.detach().float(), scale.detach())
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=0)

@@ -60,7 +60,7 @@ PAIRS = sorted(p.stem[: -len("_336")] for p in CONFIGS.glob("*_336.yaml"))
 
 def _row(stage) -> tuple:
     return (stage.name, stage.image_size, stage.image_reduction.strategy, stage.image_reduction.ratio,
-            stage.text_length, stage.text_reduction.strategy, stage.samples, stage.batch_size, stage.lr,
+            stage.text_length, stage.text_reduction.strategy, stage.samples, stage.batch_size, stage.peak_lr,
             stage.warmup)
 
 
@@ -70,6 +70,16 @@ def test_every_recipe_loads_and_bases_are_not_recipes():
         load_config(path)
     assert sorted(p.name for p in (CONFIGS / "base").glob("*.yaml")) == [
         "clipa_v1.yaml", "clipa_v1_l16.yaml", "clipa_v2.yaml"]
+
+
+def test_cpu_recipes_keep_few_checkpoints():
+    """The CPU demos write a checkpoint every 40 steps over hundreds of steps: they keep the
+    newest two, not gigabytes of them."""
+    tiny = sorted((CONFIGS / "tiny").glob("*.yaml"))
+    assert tiny
+    for path in tiny:
+        train = load_config(path).train
+        assert train.checkpoint_every and train.keep_last == 2, path.name
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_224))
@@ -89,7 +99,7 @@ def test_224_recipes_resolve_to_the_recorded_values(name):
     for got, want in zip(cfg.stages, stages):
         assert _row(got)[:8] == want[:8] and got.warmup == want[9]
         # lr is lr_per_256 x batch / 256 now; it must equal the hand-multiplied value
-        assert got.lr == pytest.approx(want[8], rel=1e-12)
+        assert got.peak_lr == pytest.approx(want[8], rel=1e-12)
 
 
 @pytest.mark.parametrize("name", PAIRS)
@@ -98,7 +108,7 @@ def test_336_recipe_is_its_224_recipe_plus_one_stage(name):
     assert full.model == base.model + "-336"
     assert full.stages[:-1] == base.stages
     assert _row(full.stages[-1])[:8] == STAGE_336[:8]
-    assert full.stages[-1].lr == pytest.approx(STAGE_336[8], rel=1e-12)
+    assert full.stages[-1].peak_lr == pytest.approx(STAGE_336[8], rel=1e-12)
     assert full.stages[-1].warmup == STAGE_336[9]
     a, b = to_dict(base), to_dict(full)
     for d in (a, b):

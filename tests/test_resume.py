@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clipa.checkpoint import TrainState
 from clipa.cli import main
 from clipa.config import ConfigError
-from clipa.train.resume import changes, is_safe, resolve_config, resume_point
+from clipa.train.resume import ResumePoint, changes, is_safe, resolve_run
 
 RECIPE = """\
 model: clipa-tiny
@@ -72,15 +73,17 @@ def test_a_resume_changes_only_safe_keys_and_says_so(tmp_path, capsys):
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]
     resume = ["train.resume=latest", f"train.output_dir={run}"]
 
-    cfg, note = resolve_config(None, resume)
-    assert cfg.stages[0].samples == 64 and cfg.model_overrides["embed_dim"] == 32 and note.endswith("(nothing changed)")
+    said: list[str] = []
+    cfg, point = resolve_run(None, resume, said.append)
+    assert cfg.stages[0].samples == 64 and cfg.model_overrides["embed_dim"] == 32 and said[-1].endswith("(nothing changed)")
+    assert point.path == run / "checkpoints" / "step_00000002" and point.verified
     with pytest.raises(ConfigError, match=r"^train.resume: stages.0.batch_size is 32 in the run being resumed .* "
                                           r"but 16 here"):
-        resolve_config(None, [*resume, "stage.batch_size=16"])
+        resolve_run(None, [*resume, "stage.batch_size=16"])
     with pytest.raises(ConfigError, match=r"train.resume: model_overrides.embed_dim is 32 .* but 64 here"):
-        resolve_config(None, [*resume, "model_overrides.embed_dim=64"])
+        resolve_run(None, [*resume, "model_overrides.embed_dim=64"])
     with pytest.raises(ConfigError, match=r"train.resume: model is 'clipa-tiny' .* but 'ViT-B-32' here"):
-        resolve_config(None, [*resume, "model=ViT-B-32"])
+        resolve_run(None, [*resume, "model=ViT-B-32"])
 
     capsys.readouterr()
     assert main(["train", *resume, "stage.samples=128", "train.log_every=1"]) == 0
@@ -111,8 +114,11 @@ def test_changes_and_resume_point():
     a = load_config(None, ["stage.samples=64"])
     b = load_config(None, ["stage.samples=96", "train.seed=3"])
     assert changes(a, b) == [("stages.0.samples", 64, 96), ("train.seed", 0, 3)]
-    state = {"stage": 0, "stage_step": 2, "loader": {"x": 1}}
-    assert resume_point(state, [2, 5]) == (1, 0, None)  # stage 0 done: stage 1 from its start
-    assert resume_point(state, [4, 5]) == (0, 2, {"x": 1})  # stage 0 now longer: it continues
+    def point(stage: int, step: int) -> ResumePoint:
+        state = TrainState(stage=stage, stage_step=step, stage_done=False, global_step=step, config={})
+        return ResumePoint(Path("step"), state, a, None, True)
+
+    assert point(0, 2).position([2, 5]) == (1, 0)  # stage 0 done: stage 1 from its start
+    assert point(0, 2).position([4, 5]) == (0, 2)  # stage 0 now longer: it continues
     with pytest.raises(ConfigError, match="checkpoint is in stage 2 but this config has 2 stage"):
-        resume_point({"stage": 2, "stage_step": 1}, [4, 5])
+        point(2, 1).position([4, 5])

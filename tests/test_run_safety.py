@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipa import checkpoint
+from clipa import checkpoint, load_model
 from clipa.checksums import ChecksumError, write_checksums
 from clipa.cli import main
-from clipa.config import load_config
+from clipa.config import ConfigError, load_config
 from clipa.train import run_folder
 from clipa.train.run_folder import RunFolderError
 from clipa.train.signals import TrainingStopped
@@ -139,8 +139,11 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
     with pytest.raises(RunFolderError, match=r"holds another run's checkpoints \(newest: step_00000002\)"):
         Trainer(cfg(tmp_path, "stage.samples=96", "stage.batch_size=32")).fit()
     assert_identical(final_weights(tmp_path), before)  # untouched
-    with pytest.raises(RunFolderError, match=r"train.resume=auto: .* another run \(stages.0.samples: 64 -> 96"):
-        Trainer(cfg(tmp_path, "stage.samples=96", "stage.batch_size=32", "train.resume=auto")).fit()
+    # resume=auto and latest share one same-run rule: another batch size is another run
+    for setting in ("auto", "latest"):
+        with pytest.raises(ConfigError, match=r"train.resume: stages.0.batch_size is 32 in the run being resumed"):
+            Trainer(cfg(tmp_path, "stage.samples=96", "stage.batch_size=16", f"train.resume={setting}")).fit()
+    assert_identical(final_weights(tmp_path), before)
     assert main(["train", *TINY, f"train.output_dir={tmp_path}", "stage.samples=96", "stage.batch_size=32"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
@@ -180,7 +183,7 @@ def test_problems_found_before_the_first_step(tmp_path):
     with pytest.raises(FileNotFoundError, match="no retrieval shards at"):
         Trainer(cfg(tmp_path, "eval.data=/nonexistent/eval", "train.checkpoint_every=1")).fit()
     assert checkpoint.step_folders(tmp_path / "checkpoints") == []
-    with pytest.raises(ValueError, match=r"stage.batch_size=1500 is larger than the 1438 training digits"):
+    with pytest.raises(ValueError, match=r"stages.1.batch_size=1500 is larger than the 1438 training samples of data.source=digits"):
         Trainer(cfg(tmp_path, TWO_STAGES, "stages.1.batch_size=1500", "stages.1.samples=3000")).fit()
     blocked = tmp_path / "file"
     blocked.write_text("")
@@ -228,7 +231,7 @@ def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(tmp_path, c
     weights.write_bytes(weights.read_bytes()[:1000])
 
     with pytest.raises(ChecksumError, match=rf"{weights}: 1000 bytes"):
-        checkpoint.load_model(latest)
+        load_model(latest)
     assert main(["export", str(latest), "--output", str(tmp_path / "exported")]) == 2
     assert str(weights) in capsys.readouterr().err
 
@@ -257,8 +260,8 @@ def test_weights_made_non_finite_by_a_step_are_never_saved(tmp_path, monkeypatch
                           "train.checkpoint_every=1", "train.max_bad_steps=3"))
     original = trainer._report
 
-    def report(progress, step, *args):
-        original(progress, step, *args)
+    def report(progress, plan, step, *args):
+        original(progress, plan, step, *args)
         if step == 2:
             with torch.no_grad():
                 trainer.model.visual.proj[0, 0] = float("nan")
@@ -278,7 +281,7 @@ def test_loading_non_finite_weights_fails_clearly(tmp_path, capsys):
     save_file(sd, str(step / "model.safetensors"))
     write_checksums(step)  # the file is intact, its contents are not
     with pytest.raises(checkpoint.NonFiniteWeightsError, match=r"non-finite weights \(NaN or infinity in visual.proj"):
-        checkpoint.load_model(step)
+        load_model(step)
     assert main(["export", str(step), "--output", str(tmp_path / "exported")]) == 2
     assert "non-finite weights" in capsys.readouterr().err
     with pytest.raises(checkpoint.NonFiniteWeightsError):
@@ -307,7 +310,7 @@ def test_a_crafted_sharded_checkpoint_runs_no_code_anywhere(tmp_path, capsys):
     index through the safe reader. No checksums.json: an attacker would rewrite it anyway."""
     import pickle
 
-    from clipa.config import RunConfig, to_dict
+    from clipa.config import to_dict
     from clipa.safe_load import UnsafeCheckpointError
 
     marker = tmp_path / "pwned"
@@ -319,17 +322,19 @@ def test_a_crafted_sharded_checkpoint_runs_no_code_anywhere(tmp_path, capsys):
     step = tmp_path / "run" / "checkpoints" / "step_00000002"
     (step / "sharded").mkdir(parents=True)
     (step / "sharded" / ".metadata").write_bytes(pickle.dumps(RunsCode()))
-    (step / "state.json").write_text(json.dumps({"stage": 0, "stage_step": 2, "config": to_dict(RunConfig())}))
+    resumed = cfg(tmp_path / "new", f"train.resume={step}")  # the crafted checkpoint claims to be this run
+    (step / "state.json").write_text(json.dumps({"stage": 0, "stage_step": 2, "stage_done": False, "global_step": 2,
+                                                 "config": to_dict(resumed)}))
 
     with pytest.raises(UnsafeCheckpointError, match="refused to load 'posix.system'"):
-        checkpoint.load_model(step)
+        load_model(step)
     with pytest.raises(UnsafeCheckpointError):
         checkpoint.consolidate(step)
     assert main(["export", str(step), "--output", str(tmp_path / "exported")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("clipa: error: ") and err.count("\n") == 1 and "refused" in err
     with pytest.raises(UnsafeCheckpointError):
-        Trainer(cfg(tmp_path / "new", f"train.resume={step}")).fit()
+        Trainer(resumed).fit()
     assert not marker.exists()
 
 
@@ -475,6 +480,20 @@ def test_a_stalled_rank_is_named_after_the_timeout(tmp_path):
     assert "rank 0 waited in vain for the others at a checkpoint" in message
     assert "Ranks 1 failed to pass monitoredBarrier in 3000 ms" in message
     assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.slow
+def test_a_rank_stopped_mid_step_is_named_in_one_line(tmp_path):
+    """Issue 25.5: a worker stopped in the middle of training (SIGSTOP: a hung read, a frozen
+    node) with train.timeout_minutes=0.25: rank 0's collective times out, a roll call names the
+    missing rank, and the run ends in that one line rather than gloo's raw traceback."""
+    from conftest import stop_rank_one_mid_step
+
+    text = stop_rank_one_mid_step(tmp_path, TINY)
+    errors = [line for line in text.splitlines() if line.startswith("clipa: error:")]
+    assert errors == ["clipa: error: rank 0 waited in vain for the others in training (a rank stalled or died; "
+                      "train.timeout_minutes sets the wait): rank(s) 1 did not arrive"], text[-3000:]
+    assert "[rank0]: Traceback" not in text and "Timed out waiting" not in text
 
 
 def test_ctrl_c_to_the_whole_process_group_saves_with_loader_workers(tmp_path):

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import clipa
-from clipa.config import ImageReductionConfig, OptimConfig, StageConfig
+from clipa.config import ImageReductionConfig, OptimConfig
 from clipa.loss import MAX_LOGIT_SCALE, clip_loss, sigmoid_loss, tiled_clip_loss
+from clipa.runtime import autocast_dtype, keep_freed_memory
 from clipa.train.optim import build_optimizer
-from clipa.train.step import TrainStep, autocast_dtype, keep_freed_memory
+from clipa.train.step import TrainStep
 
 from test_distributed import tiny_model
 
@@ -40,7 +41,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_step(model, loss="clip", dtype=None, microbatch=None, clip=0.5, generators=()) -> TrainStep:
-    optimizer = build_optimizer(model, OptimConfig(), StageConfig(lr=1e-3, warmup=0))
+    optimizer = build_optimizer(model, OptimConfig(), 1e-3)
     return TrainStep(model, model.logit_scale, optimizer, LOSSES[loss], device=torch.device("cpu"),
                      dtype=dtype, microbatch_size=microbatch, grad_clip=clip, generators=generators)
 
@@ -67,7 +68,7 @@ def test_matches_the_step_written_out_by_hand():
     model, ref = small_model(), small_model()
     images, text = batch()
     step = make_step(model)
-    optimizer = build_optimizer(ref, OptimConfig(), StageConfig(lr=1e-3, warmup=0))  # the same fused AdamW
+    optimizer = build_optimizer(ref, OptimConfig(), 1e-3)  # the same fused AdamW
     for _ in range(3):
         loss = step(images, text)
         optimizer.zero_grad(set_to_none=True)
@@ -98,6 +99,26 @@ def test_steps_that_do_not_log_never_read_the_device(monkeypatch, loss, microbat
     stats = step.read()
     assert reads.calls == ["tolist"], "read() is one synchronisation"
     assert stats.skipped == 0 and stats.weights_finite and stats.loss == stats.loss
+
+
+def test_the_temperature_starts_and_stays_under_the_cap():
+    """The losses take exp(t) uncapped (OpenCLIP's ClipLoss), so the cap at 100 is the step's:
+    a model loaded with t = ln 300 trains its first step at scale 100 (the loss the hand-written
+    reference gives there), and t never leaves [0, ln 100]."""
+    import math
+
+    model = small_model()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(300.0))
+    ref = copy.deepcopy(model)
+    step = make_step(model)
+    assert model.logit_scale.item() == torch.tensor(MAX_LOGIT_SCALE).item()  # on the cap, in fp32
+    images, text = batch()
+    img, txt, _ = ref(images, text)
+    torch.testing.assert_close(step(images, text), clip_loss(img, txt, torch.tensor(100.0)), rtol=1e-5, atol=0)
+    for _ in range(2):
+        step(images, text)
+        assert 0 <= model.logit_scale.item() <= MAX_LOGIT_SCALE
 
 
 def test_non_finite_steps_are_skipped_on_the_device_and_counted():
@@ -221,7 +242,9 @@ def test_freed_host_memory_is_reused_without_page_faults():
         del blocks
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         blocks = [torch.ones(16 * 2**20) for _ in range(4)]
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        del blocks  # only after the count: the second round must be live while it is counted
+        return faults
 
     faults_of_a_second_round()  # the heap grows to the peak once
     assert faults_of_a_second_round() < 1000  # 0 here; 65,540 without keep_freed_memory

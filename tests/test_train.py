@@ -40,10 +40,10 @@ def test_two_stages_change_shapes_write_checkpoints_and_evaluate(tmp_path):
     assert trainer.model.visual.positional_embedding.shape[0] == (24 // 4) ** 2 + 1
     assert trainer.model.context_length == 12
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
-    model, run_cfg = ckpt.load_model(latest)
+    model, run_cfg = clipa.load_model(latest)
     assert model.visual.image_size == 24 and model.context_length == 12
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert [json.loads(x)["stage_name"] for x in lines] == ["digits", "bigger"]
+    assert [json.loads(x)["stage_name"] for x in lines] == ["main", "bigger"]
 
 
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
@@ -135,10 +135,10 @@ def test_resume_at_a_stage_boundary_moves_to_the_next_stage_afresh(tmp_path, mon
     crashing = Trainer(cfg(tmp_path / "b"))
     original = crashing._run_stage
 
-    def crash_in_second_stage(index, *a):
-        if index == 1:
+    def crash_in_second_stage(plan, *a):
+        if plan.index == 1:
             raise KeyboardInterrupt("simulated crash")
-        return original(index, *a)
+        return original(plan, *a)
 
     monkeypatch.setattr(crashing, "_run_stage", crash_in_second_stage)
     with pytest.raises(KeyboardInterrupt):

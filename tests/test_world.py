@@ -47,7 +47,7 @@ def test_hand_checked_scene_pixels():
     glyphs = world._Glyphs("train")
     scene = Scene([RING, SWAN], [RED, BLUE], [0, 1], [0, 3], [(4, 0), (0, 0)],
                   [int(glyphs.pools[RING][0]), int(glyphs.pools[SWAN][0])])
-    img = render([scene], glyphs, world.CANVAS)[0] * world.digits.STD[0] + world.digits.MEAN[0]  # [3, 32, 32] in [0, 1]
+    img = render([scene], glyphs, world.CANVAS)[0] * world.GREY.std[0] + world.GREY.mean[0]  # [3, 32, 32] in [0, 1]
     top_left, bottom_right = img[:, :16, :16], img[:, 16:, 16:]
     assert img[:, :16, 16:].max() == 0 and img[:, 16:, :16].max() == 0  # the other two cells are empty
     assert top_left.sum(dim=(1, 2)).argmax() == 0 and bottom_right.sum(dim=(1, 2)).argmax() == 2  # red, blue

@@ -1,38 +1,39 @@
-"""clipa: train CLIP models cheaply (CLIPA token reduction, CLIPA-v2 recipes, BASIC big batches)."""
+"""clipa: train CLIP models cheaply (CLIPA token reduction, CLIPA-v2 recipes, BASIC big batches).
 
-from .checkpoint import load_model as load_checkpoint
+The top level is also OpenCLIP's (``import clipa as open_clip``): see ``clipa.api``."""
+
+from .checkpoint import load_checkpoint
 from .config import RunConfig, load_config
-from .hub import create_model, list_pretrained
-from .models import CLIP, get_model_config, list_models
+from .hub import (create_model, get_cast_dtype, get_input_dtype, get_pretrained_cfg, get_tokenizer,
+                  is_pretrained_cfg, list_pretrained, list_pretrained_models_by_tag, list_pretrained_tags_by_model,
+                  load_model)
+from .models import CLIP, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLIP",
-    "RunConfig",
-    "create_model",
-    "create_model_and_transforms",
-    "get_model_config",
-    "get_tokenizer",
-    "list_models",
-    "list_pretrained",
-    "load_checkpoint",
-    "load_config",
+    "AugmentationCfg", "CLIP", "IMAGENET_CLASSNAMES", "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD",
+    "OPENAI_IMAGENET_TEMPLATES", "RunConfig", "SIMPLE_IMAGENET_TEMPLATES", "add_model_config",
+    "build_zero_shot_classifier", "build_zero_shot_classifier_legacy", "create_model", "create_model_and_transforms",
+    "create_model_from_pretrained", "get_cast_dtype", "get_input_dtype", "get_model_config",
+    "get_model_preprocess_cfg", "get_model_tokenize_cfg", "get_pretrained_cfg", "get_tokenizer", "image_transform",
+    "is_pretrained_cfg", "list_models", "list_openai_models", "list_pretrained", "list_pretrained_models_by_tag",
+    "list_pretrained_tags_by_model", "load_checkpoint", "load_config", "load_model", "set_model_preprocess_cfg",
     "tokenize",
 ]
 
-# Imported on first use, so the command line starts without torchvision.
-_LAZY = {"create_model_and_transforms": "api", "tokenize": "api"}
+# The names not imported above come from clipa.api on first use, so the command line starts
+# without torchvision.
+_LAZY = frozenset(__all__) - set(globals())
 
 
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    from . import api
+
+    return getattr(api, name)
 
 
-def get_tokenizer(name: str, context_length: int | None = None):
-    """The tokenizer of a registered model or a ``hf-hub:ORG/REPO`` model (lazy import keeps start-up quick)."""
-    from .hub import get_tokenizer as _get
-    return _get(name, context_length)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

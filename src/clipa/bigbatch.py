@@ -4,7 +4,7 @@ with gradients equal to full-batch training (docs/reference.md#gradcache).
 The loss couples every pair in the batch, but it only depends on the parameters through the
 embeddings. So: embed each microbatch without a graph (saving its RNG state), compute the
 loss once on the whole batch of detached embeddings to get d(loss)/d(embedding) and the
-temperature's gradient, then re-run each microbatch with a graph (same RNG state, so random
+gradient of the logit scale (and bias), then re-run each microbatch with a graph (same RNG state, so random
 masking and dropout replay identically) and back-propagate ``sum(embedding * cached_grad)``.
 Activation memory is that of one microbatch; compute is one extra forward pass.
 
@@ -55,8 +55,9 @@ def forward_backward(
     """One optimizer step's forward and backward: fills ``.grad`` of every parameter and
     returns the loss, detached, on the device (reading it is the caller's choice: it waits
     for the device). The step is ``loss_fn(*model(images, tokens))``: the model returns
-    normalised embeddings, the log-temperature and the bias (or None), and ``loss_fn`` is
-    ``clip_loss``, ``tiled_clip_loss``, ``sigmoid_loss`` or their ``global_loss`` form.
+    OpenCLIP's tuple (normalised embeddings, ``logit_scale.exp()`` and the bias where the
+    model has one), and ``loss_fn`` is ``clip_loss``, ``tiled_clip_loss``, ``sigmoid_loss``
+    or their ``global_loss`` form.
     ``model`` may be a DDP/FSDP wrapper.
 
     With ``microbatch_size`` smaller than the batch, the step is re-materialised per
@@ -84,15 +85,15 @@ def forward_backward(
     with torch.no_grad(), autocast():
         for x, t in chunks:
             states.append(_rng_state(x.device, generators))
-            img, txt, *temps = model(x, t)  # every microbatch returns the same temperature and bias
+            img, txt, *temps = model(x, t)  # every microbatch returns the same scale (and bias)
             imgs.append(img)
             txts.append(txt)
 
     img = torch.cat(imgs).requires_grad_()
     txt = torch.cat(txts).requires_grad_()
-    temps = [None if p is None else p.detach().requires_grad_() for p in temps]
+    temps = [p.detach().requires_grad_() for p in temps]
     loss = loss_fn(img, txt, *temps)
-    grads = torch.autograd.grad(loss, [img, txt, *(p for p in temps if p is not None)])
+    grads = torch.autograd.grad(loss, [img, txt, *temps])
     img_grads, txt_grads = grads[0].split(microbatch_size), grads[1].split(microbatch_size)
     del img, txt, imgs, txts
 
@@ -104,7 +105,6 @@ def forward_backward(
                 img, txt, *temps = model(x, t)
             surrogate = (img * img_grads[i]).sum() + (txt * txt_grads[i]).sum()
             if i == last:  # shared by all microbatches: its whole gradient, once
-                shared = [p for p in temps if p is not None]
-                surrogate = surrogate + sum((p * g).sum() for p, g in zip(shared, grads[2:]))
+                surrogate = surrogate + sum((p * g).sum() for p, g in zip(temps, grads[2:]))
             scale(surrogate).backward()
     return loss.detach()

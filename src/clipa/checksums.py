@@ -5,7 +5,8 @@ damaged afterwards (a disk error, a copy that stopped early, a flipped byte of t
 ``write_checksums`` records every file of a folder (sub-folders included) in
 ``checksums.json``; ``verify_checksums`` re-reads them and raises a ``ChecksumError`` naming
 the first file that is missing, shorter or different. A folder written before checksums
-existed has no ``checksums.json``: it is reported as unverified, not refused.
+existed has no ``checksums.json``: eval and export report it as unverified, and a resume refuses
+it unless told to trust it (``train.resume_unverified``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 
 CHECKSUM_FILE = "checksums.json"
+MAX_RECORD_BYTES = 16 * 2**20  # a record lists a few files (a sharded one, a few per rank): far below this
 
 
 class ChecksumError(ValueError):
@@ -53,12 +55,16 @@ def verify_checksums(folder: str | Path) -> bool:
     record_file = folder / CHECKSUM_FILE
     if not record_file.exists():
         return False
+    if record_file.stat().st_size > MAX_RECORD_BYTES:
+        raise ChecksumError(f"{record_file}: {record_file.stat().st_size:,} bytes, not a checksum record")
     try:
         files = json.loads(record_file.read_text())["files"]
         expected = {name: (int(v["size"]), str(v["sha256"])) for name, v in files.items()}
     except (ValueError, KeyError, TypeError) as e:
         raise ChecksumError(f"{record_file}: unreadable checksum record ({e})") from None
     for name, (size, digest) in expected.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:  # a record is data: it names files here only
+            raise ChecksumError(f"{record_file}: names a file outside its folder: {name[:200]!r}")
         file = folder / name
         if not file.is_file():
             raise ChecksumError(f"{file}: missing (the checkpoint's checksum record lists it)")

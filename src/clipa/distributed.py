@@ -1,12 +1,10 @@
-"""Everything the training loop needs to know about processes: who am I, on which device,
-how is the model wrapped, how are gradients synchronised.
+"""Processes: who am I and on which device, the collectives ranks agree through, gradient
+synchronisation and norms, and whole models gathered from shards.
 
 A plain ``python`` run is one process and takes the trivial path of every function here.
 Under ``torchrun`` (or ``srun torchrun``) each process trains on its share of the global
-batch: ``train.parallel=ddp`` replicates the model and averages gradients,
-``train.parallel=fsdp`` shards parameters, gradients and optimizer state with FSDP2
-(``fully_shard`` per transformer block and at the root). The loss across ranks lives in
-``loss.global_loss``; checkpoints of either kind in ``checkpoint``.
+batch; how the model is wrapped (DDP or FSDP2) is ``models.parallelize``, the loss across
+ranks ``loss.global_loss``, checkpoints of either kind ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,14 +22,18 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .config import TrainConfig
 from .models import CLIP, load_weights
+from .runtime import resolve_device
 
 # A CPU (gloo) group beside the training one: for the small decisions every rank must take
 # together between steps (stop on a signal, agree on an error) and for barriers that can name
 # a rank that never arrives, without a GPU synchronisation. Under gloo it is the world group.
 _control: dist.ProcessGroup | None = None
+# A second CPU group used for nothing but a roll call after a collective has failed: the groups
+# the failure happened in may be left broken, this one is not, so it can name who is missing.
+_roll_call: dist.ProcessGroup | None = None
 _timeout = timedelta(minutes=30)  # train.timeout_minutes, once init_distributed has run
+ROLL_CALL_S = 60.0  # the longest a roll call waits: live ranks fail the same collective within moments
 
 
 @dataclass
@@ -45,16 +48,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``train.device`` / ``--device`` as a device: "auto" is the GPU when there is one;
-    asking for CUDA without one is an error before any work starts."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name} asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
@@ -75,11 +68,17 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     if not dist.is_initialized():
-        global _control, _timeout
+        global _control, _roll_call, _timeout
         timeout = _timeout = timedelta(minutes=timeout_minutes)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=dev if cuda else None,
-                                store=_attempt_store(world, timeout), rank=rank, world_size=world)
-        _control = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+        try:
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=dev if cuda else None,
+                                    store=_attempt_store(world, timeout), rank=rank, world_size=world)
+            _control = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+            _roll_call = dist.new_group(backend="gloo", timeout=timeout)
+        except dist.DistError as e:  # a rank that never joined: one line, not the store's traceback
+            raise StalledRankError(f"rank {rank} waited in vain for the other {world - 1} rank(s) to join "
+                                   f"(a rank stalled or died; train.timeout_minutes sets the wait): "
+                                   f"{' '.join(str(e).split())[:300]}") from None
         atexit.register(shutdown, clean=False)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
@@ -102,12 +101,12 @@ def shutdown(clean: bool = True) -> None:
     here. A rank that tears its group down while a peer still talks to it makes gloo abort
     that peer at exit ("terminate called without an active exception"). After an error (the
     handler registered at exit) nobody waits: the others may never arrive."""
-    global _control
+    global _control, _roll_call
     if dist.is_initialized():
         if clean:
             _monitored_barrier("the end of the run")
         dist.destroy_process_group()
-    _control = None
+    _control = _roll_call = None
 
 
 class StalledRankError(RuntimeError):
@@ -121,14 +120,44 @@ def barrier(info: DistInfo, what: str = "a checkpoint") -> None:
         _monitored_barrier(what)
 
 
-def _monitored_barrier(what: str) -> None:
+def _monitored_barrier(what: str, group: dist.ProcessGroup | None = None, timeout: timedelta | None = None) -> None:
     try:
         # the timeout given explicitly: left out, torch uses its default (30 minutes), not the group's
-        dist.monitored_barrier(group=_control, timeout=_timeout, wait_all_ranks=True)
+        dist.monitored_barrier(group=group or _control, timeout=timeout or _timeout, wait_all_ranks=True)
     except RuntimeError as e:
-        # gloo names them: "Ranks 1, 3 failed to pass monitoredBarrier in 1800000 ms"
-        raise StalledRankError(f"rank {dist.get_rank()} waited in vain for the others at {what} "
-                           f"(a rank stalled or died; train.timeout_minutes sets the wait): {e}") from None
+        raise _stalled(what, e) from None
+
+
+def _stalled(what: str, e: BaseException) -> StalledRankError:
+    """The one error of a stall: who waited, where, and which ranks did not arrive (gloo names
+    them: "Ranks 1, 3 failed to pass monitoredBarrier in 1800000 ms")."""
+    named = re.search(r"Ranks? ([\d, ]+) failed to pass", str(e))
+    missing = f"rank(s) {named.group(1)} did not arrive" if named else " ".join(str(e).split())[:300]
+    return StalledRankError(f"rank {dist.get_rank()} waited in vain for the others in {what} (a rank stalled or "
+                            f"died; train.timeout_minutes sets the wait): {missing}")
+
+
+def _is_communication_error(error: BaseException) -> bool:
+    """A failed collective: torch's own type, or the RuntimeError gloo and NCCL raise (gloo's
+    timeout reads "[.../gloo/transport/tcp/...] Timed out waiting 30000ms for send operation")."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and bool(re.search(r"gloo|NCCL|Timed out|Connection (reset|closed)",
+                                                             str(error)))
+
+
+def collective_failure(error: BaseException, what: str) -> BaseException:
+    """What to raise when a collective of ``what`` failed on this rank (a timeout, or a peer
+    that died): after a roll call on a group of its own, the error naming the ranks that did not
+    arrive; ``error`` itself when every rank answered (the failure was something else)."""
+    if not (dist.is_initialized() and _is_communication_error(error)):
+        return error
+    try:
+        wait = min(_timeout, timedelta(seconds=ROLL_CALL_S))
+        dist.monitored_barrier(group=_roll_call, timeout=wait, wait_all_ranks=True)
+    except RuntimeError as e:
+        return _stalled(what, e)
+    return error
 
 
 def from_main(fn: Callable[[], Any], info: DistInfo) -> Any:
@@ -160,82 +189,13 @@ def max_over_ranks(value: int, info: DistInfo) -> int:
     return int(t.item())
 
 
-# ----------------------------------------------------------------------------- wrapping
-
-
-def temperature_params(model: nn.Module) -> list[nn.Parameter]:
-    """The loss's own parameters after the embeddings: ``logit_scale`` (and ``logit_bias``)."""
-    bias = getattr(model, "logit_bias", None)
-    return [model.logit_scale] + ([bias] if bias is not None else [])
+# ----------------------------------------------------------------------------- sharded models
 
 
 def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
-
-
-def wrap_model(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
-    """DDP or FSDP2 around ``model`` (which already sits on ``info.device``).
-
-    Ranks seed their initialisation differently (rank-dependent masking needs it), so both
-    start from rank 0's weights: DDP broadcasts them itself, FSDP after a broadcast here.
-    """
-    if info.world_size == 1:
-        return model
-    if is_sharded(model):
-        raise RuntimeError("the model is already sharded: pass distributed.full_model(...) to wrap_model")
-    if cfg.parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [info.local_rank] if info.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
-    if cfg.parallel == "fsdp":
-        return _fully_shard(model, cfg, info)
-    raise ValueError(f"train.parallel={cfg.parallel!r}: choose ddp or fsdp")
-
-
-def _fully_shard(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
-    """FSDP2 per transformer block and at the root (torch >= 2.7: ``ignored_params``).
-
-    Resharding: with ``train.fsdp_reshard_after_forward=false`` (the default) a block's
-    gathered parameters stay from its forward to its backward, and ``no_sync_factory`` also
-    keeps them across the microbatches of a re-materialised step: each block is all-gathered
-    once per optimizer step. Resharding after every use instead gathers each block three
-    times per microbatch (no-grad embedding pass, re-materialised forward, backward), for the
-    memory of one unsharded copy of the parameters less (bf16 with mixed precision).
-    """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, src=0)
-    kwargs: dict[str, Any] = {"mesh": init_device_mesh(info.device.type, (info.world_size,)),
-                              "reshard_after_forward": cfg.fsdp_reshard_after_forward}
-    root: dict[str, Any] = {}
-    if cfg.fsdp_mixed_precision:  # bf16 compute and all-gathers, fp32 gradient reduction and embeddings
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        root["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                                 output_dtype=torch.float32)
-    if cfg.fsdp_cpu_offload:  # shards live in CPU memory and are copied to the GPU per use
-        if info.device.type != "cuda":
-            raise ValueError("train.fsdp_cpu_offload=true needs GPUs: on CPU the shards already are in CPU memory")
-        kwargs["offload_policy"] = CPUOffloadPolicy()
-    for tower in (model.visual.transformer, model.transformer):
-        for block in tower.resblocks:
-            fully_shard(block, **kwargs)
-    replicated = temperature_params(model)  # 0-d: FSDP2 shards along dim 0, so these stay replicated
-    fully_shard(model, ignored_params=set(replicated), **{**kwargs, **root})
-    for p in replicated:
-        p.register_post_accumulate_grad_hook(_average_grad)
-    return model
-
-
-def _average_grad(p: torch.Tensor) -> None:
-    """Average a replicated parameter's gradient over ranks after each accumulation. Doing
-    it every time stays exact: the already-averaged part is equal on all ranks."""
-    dist.all_reduce(p.grad)
-    p.grad.div_(dist.get_world_size())
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:

@@ -1,8 +1,8 @@
 """Write a model for other libraries to load unchanged.
 
 - ``openclip``: a folder with ``open_clip_config.json`` (OpenCLIP's ``model_cfg`` and
-  ``preprocess_cfg``) and ``open_clip_model.safetensors`` (the state dict, already in OpenCLIP's
-  layout). Load it with ``open_clip.create_model_and_transforms("local-dir:DIR")`` and
+  ``preprocess_cfg``, written by ``models.openclip``'s table: the model's own preprocessing) and
+  ``open_clip_model.safetensors`` (the state dict, already in OpenCLIP's layout). Load it with ``open_clip.create_model_and_transforms("local-dir:DIR")`` and
   ``open_clip.get_tokenizer("local-dir:DIR")``; CLIP_benchmark takes the same name. When the
   config equals a built-in OpenCLIP one, ``create_model_and_transforms(NAME, pretrained=FILE)``
   also works.
@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from .data import CLIP_MEAN, CLIP_STD
 from .files import save_tensors
+from .models.openclip import CONFIG_FILE, WEIGHTS_FILES, to_openclip
 
 FORMATS = ("openclip", "hf")
 _HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values
 
 
 class ExportError(ValueError):
@@ -36,45 +37,23 @@ def _state_dict(model: Any) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- OpenCLIP
 
 
-def _act_fields(vision_act: str, text_act: str) -> tuple[dict, dict, dict]:
-    """OpenCLIP has one ``quick_gelu`` switch for both towers and per-tower GELU kwargs."""
-    if (vision_act == "quick_gelu") != (text_act == "quick_gelu"):
-        raise ExportError(f"OpenCLIP cannot mix QuickGELU with GELU across towers (vision {vision_act}, "
-                          f"text {text_act})")
-    def tower(act: str) -> dict:
-        return {"act_kwargs": {"approximate": "tanh"}} if act == "gelu_tanh" else {}
-
-    top = {"quick_gelu": True} if vision_act == "quick_gelu" else {}
-    return top, tower(vision_act), tower(text_act)
-
-
-def openclip_config(model: Any) -> dict:
-    """OpenCLIP's ``open_clip_config.json`` content for a clipa model at its current sizes."""
-    cfg, v, t = model.cfg, model.cfg.vision, model.cfg.text
-    top, vision_act, text_act = _act_fields(v.act, t.act)
-    vision = {"image_size": model.visual.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers,
-              "head_width": v.head_width, "mlp_ratio": v.mlp_ratio, "no_ln_pre": not v.ln_pre,
-              "pool_type": v.pool, "final_ln_after_pool": v.final_ln_after_pool,
-              "pos_embed_type": "sin_cos_2d" if v.pos_embed == "sincos" else "learnable", **vision_act}
-    text = {"context_length": model.context_length, "vocab_size": t.vocab_size, "width": t.width,
-            "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio, "no_causal_mask": not t.causal,
-            "pool_type": t.pool, **text_act}
-    if t.tokenizer == "bert":  # OpenCLIP's CLIPA configs; a local folder works as the name too
-        text.update(hf_tokenizer_name=t.tokenizer_path or "bert-base-uncased",
-                    tokenizer_kwargs={"strip_sep_token": True})
-    model_cfg = {"embed_dim": cfg.embed_dim, **top, "vision_cfg": vision, "text_cfg": text}
-    if getattr(model, "logit_bias", None) is not None:
-        model_cfg["init_logit_bias"] = model.logit_bias.item()
-    preprocess = {"size": model.visual.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
-    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+def openclip_config(model: Any, tokenizer_name: str | None = None) -> dict:
+    """OpenCLIP's ``open_clip_config.json`` content for a clipa model at its current sizes, with
+    its trained logit bias; ``tokenizer_name`` replaces the BERT tokenizer's name (a hub id for
+    a tokenizer that lives in a local folder)."""
+    bias = getattr(model, "logit_bias", None)
+    config = to_openclip(model.current_config(), None if bias is None else bias.item())
+    if tokenizer_name is not None:
+        config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = tokenizer_name
+    return config
 
 
-def export_openclip(model: Any, out_dir: str | Path) -> Path:
+def export_openclip(model: Any, out_dir: str | Path, tokenizer_name: str | None = None) -> Path:
+    """Write ``open_clip_config.json`` and ``open_clip_model.safetensors`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "open_clip_config.json").write_text(json.dumps(openclip_config(model), indent=2) + "\n")
-    save_tensors(_state_dict(model), str(out / "open_clip_model.safetensors"))
+    (out / CONFIG_FILE).write_text(json.dumps(openclip_config(model, tokenizer_name), indent=2) + "\n")
+    save_tensors(_state_dict(model), out / WEIGHTS_FILES[0])
     return out
 
 
@@ -97,6 +76,8 @@ def hf_unsupported(model: Any) -> list[str]:
         reasons.append(f"{t.tokenizer!r} tokenizer (CLIPModel pairs with the CLIP BPE tokenizer)")
     if getattr(model, "logit_bias", None) is not None:
         reasons.append("a logit bias (sigmoid loss; CLIPModel has none)")
+    if model.cfg.preprocess.resize_mode == "longest":
+        reasons.append("resize_mode 'longest' (CLIPImageProcessor resizes the short side or both)")
     return reasons
 
 
@@ -155,7 +136,7 @@ def hf_state_dict(model: Any) -> dict[str, torch.Tensor]:
 
 
 def _hf_processor(model: Any, out: Path):
-    """CLIP tokenizer files (from clipa's own BPE) and OpenCLIP's evaluation preprocessing."""
+    """CLIP tokenizer files (from clipa's own BPE) and the model's evaluation preprocessing."""
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
     from .tokenizer import tokenizer_for
@@ -171,9 +152,12 @@ def _hf_processor(model: Any, out: Path):
     # Pads with end-of-text (as OpenAI's hub tokenizer; OpenCLIP pads with 0): the causal text
     # tower pools the first end-of-text, so padding never changes an embedding.
     tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=model.context_length)
-    size = model.visual.image_size
-    images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3)
+    size, pre = model.visual.image_size, model.cfg.preprocess
+    square = {"height": size, "width": size}
+    resize = {"size": square, "do_center_crop": False} if pre.resize_mode == "squash" else \
+        {"size": {"shortest_edge": size}, "crop_size": square}
+    images = CLIPImageProcessor(**resize, image_mean=list(pre.mean), image_std=list(pre.std),
+                                resample=_PIL_RESAMPLE[pre.interpolation])
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
 

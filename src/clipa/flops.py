@@ -1,8 +1,9 @@
 """Analytic FLOPs of a CLIP model per image-text pair, for the forward pass and a training step.
 
-Counting convention (the one behind OpenCLIP's published table, docs/model_profile.csv, made
-with ``torch.utils.flop_counter.FlopCounterMode``): only matrix products count, a multiply-add
-is 2 FLOPs. That is the patch embedding (a stride-P convolution), every linear layer (qkv, out,
+Counting convention (the one behind OpenCLIP's published table,
+https://github.com/mlfoundations/open_clip/blob/main/docs/model_profile.csv, made with
+``torch.utils.flop_counter.FlopCounterMode``): only matrix products count, a multiply-add is 2
+FLOPs. That is the patch embedding (a stride-P convolution), every linear layer (qkv, out,
 MLP), the two attention products q@k^T and p@v over the full square (a causal mask saves nothing
 in this count, as in ``FlopCounterMode``), and the two output projections. Layer norms,
 softmax, activations, embedding lookups and the pooling are left out (each is O(tokens x width),
@@ -51,13 +52,6 @@ def transformer_flops(tokens: int, width: int, layers: int, mlp_ratio: float) ->
     per_token = 2 * (4 * width * width + 2 * width * hidden)
     attention = 2 * 2 * tokens * tokens * width  # q @ k^T and p @ v, summed over heads
     return layers * (tokens * per_token + attention)
-
-
-def kept_patches(num_patches: int, keep: float = 1.0) -> int:
-    """Patches left when a fraction ``keep`` of them is kept (FLIP's ``max(1, int(N * keep))``)."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"image keep fraction must be in (0, 1], got {keep}")
-    return max(1, int(num_patches * keep))
 
 
 def grid_side(image_size: int, patch_size: int, what: str = "image size") -> int:

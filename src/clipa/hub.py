@@ -1,18 +1,20 @@
-"""Pretrained weights by name, and the way back to the hub.
+"""The front door: models by name, with their weights and preprocessing, and the way back.
 
-Three kinds of name, resolved the way OpenCLIP 3.3.0 resolves them:
+Three kinds of name, resolved the way OpenCLIP 3.3.0 resolves them (:func:`model_source`):
 
 - ``create_model("ViT-H-14-CLIPA-336", pretrained="datacomp1b")``: an OpenCLIP pretrained tag,
-  looked up in ``PRETRAINED`` (hub repository per model and tag; the weights file is the
-  repository's ``open_clip_model.safetensors``, else ``open_clip_pytorch_model.bin``).
+  looked up in ``PRETRAINED`` (hub repository per model and tag, and the preprocessing the
+  weights were trained with; the weights file is the repository's ``open_clip_model.safetensors``,
+  else ``open_clip_pytorch_model.bin``).
 - ``create_model("hf-hub:ORG/REPO[@REVISION]")``: a repository in OpenCLIP's hub layout; its
-  ``open_clip_config.json`` gives the towers (``model_cfg``), the preprocessing and the
-  tokenizer (``text_cfg.hf_tokenizer_name`` for BERT WordPiece text). ``local-dir:DIR`` (or
-  ``hf-hub:DIR``) reads the same files from a folder.
+  ``open_clip_config.json`` gives the towers, the preprocessing and the tokenizer
+  (``models.openclip``). ``local-dir:DIR`` (or the folder's path) reads the same files from a folder.
 - ``create_model(NAME, pretrained="hf-hub:ORG/REPO")``: a registry model with a repository's weights.
 
-Downloads go through ``huggingface_hub`` (``clipa.hubfile``). ``save_pretrained`` and
-``push_to_hub`` write the same layout from a clipa model, so OpenCLIP loads it back.
+:func:`load_model` is what ``clipa eval`` and ``clipa export`` take: any of those, or a clipa run,
+checkpoint or weights file. Downloads go through ``huggingface_hub`` (``clipa.hubfile``).
+``save_pretrained`` and ``push_to_hub`` write the same layout from a clipa model, so OpenCLIP
+loads it back.
 """
 
 from __future__ import annotations
@@ -27,22 +29,30 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model, load_pretrained
+from . import checkpoint
 from .config import ConfigError, ModelConfig, RunConfig, from_dict, merge, to_dict, validate_model
-from .hubfile import DEFAULT_BERT, HubError, fetch, split_revision
-from .models import CLIP, get_model_config
+from .data.builtin import with_source_preprocess
+from .hubfile import HubError, fetch, split_revision
+from .models import CLIP, get_model_config, load_weights
+from .models.openclip import CONFIG_FILE, WEIGHTS_FILES, from_openclip, with_preprocess
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's order
 SCHEMAS = ("hf-hub:", "local-dir:")
 
 
 @dataclass(frozen=True)
 class Tag:
-    """Where OpenCLIP keeps one pretrained tag's weights."""
+    """Where OpenCLIP keeps one pretrained tag's weights, and how they were trained."""
 
     repo: str
     quick_gelu: bool = False  # trained with QuickGELU (OpenAI's weights): the model must use it
+    preprocess: dict = dataclasses.field(default_factory=dict)  # OpenCLIP's preprocess_cfg of the tag
+
+
+# OpenCLIP's pretrained table's preprocessing where it is not CLIP's: the CLIPA weights' (``_apcfg``:
+# ImageNet's statistics, squashed, bilinear) and the one tag trained with Inception's (0.5).
+_CLIPA_PREPROCESS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear",
+                     "resize_mode": "squash"}
+_INCEPTION_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
 def _table() -> dict[tuple[str, str], Tag]:
@@ -64,8 +74,10 @@ def _table() -> dict[tuple[str, str], Tag]:
              ("ViT-L-14", "datacomp_xl_s13b_b90k"): "CLIP-ViT-L-14-DataComp.XL-s13B-b90K",
              ("ViT-H-14", "laion2b_s32b_b79k"): "CLIP-ViT-H-14-laion2B-s32B-b79K",
              ("ViT-bigG-14", "laion2b_s39b_b160k"): "CLIP-ViT-bigG-14-laion2B-39B-b160k"}
-    table = {key: Tag(f"UCSC-VLAA/{repo}") for key, repo in clipa.items()}
+    table = {key: Tag(f"UCSC-VLAA/{repo}", preprocess=_CLIPA_PREPROCESS) for key, repo in clipa.items()}
     table.update({key: Tag(f"laion/{repo}") for key, repo in laion.items()})
+    table[("ViT-L-14", "laion2b_s32b_b82k")] = Tag(f"laion/{laion[('ViT-L-14', 'laion2b_s32b_b82k')]}",
+                                                   preprocess=_INCEPTION_PREPROCESS)
     for model, repo in openai.items():  # OpenCLIP lists the tag under both names; it is QuickGELU either way
         table[(model, "openai")] = table[(f"{model}-quickgelu", "openai")] = Tag(repo, quick_gelu=True)
     return table
@@ -74,116 +86,53 @@ def _table() -> dict[tuple[str, str], Tag]:
 PRETRAINED: dict[tuple[str, str], Tag] = _table()
 
 
-def list_pretrained() -> list[tuple[str, str]]:
-    """``(model, tag)`` pairs ``create_model(model, pretrained=tag)`` resolves, as ``open_clip.list_pretrained``."""
-    return sorted(PRETRAINED)
+def _clean_tag(tag: str) -> str:
+    """OpenCLIP's tag spelling: ``DataComp-1B``-style names are looked up as ``datacomp_1b``."""
+    return tag.lower().replace("-", "_")
 
 
-def pretrained_tags(model: str) -> list[str]:
+def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:
+    """``(model, tag)`` pairs ``create_model(model, pretrained=tag)`` resolves, or ``"model:tag"``
+    strings with ``as_str``, as ``open_clip.list_pretrained``."""
+    return [f"{m}:{t}" if as_str else (m, t) for m, t in sorted(PRETRAINED)]
+
+
+def list_pretrained_tags_by_model(model: str) -> list[str]:
+    """The pretrained tags of ``model`` (``open_clip.list_pretrained_tags_by_model``)."""
     return sorted(tag for name, tag in PRETRAINED if name == model)
 
 
-# ----------------------------------------------------------------------------- OpenCLIP config -> clipa
+def list_pretrained_models_by_tag(tag: str) -> list[str]:
+    """The models that have pretrained tag ``tag`` (``open_clip.list_pretrained_models_by_tag``)."""
+    return sorted(name for name, t in PRETRAINED if t == _clean_tag(tag))
 
 
-def _mapped(section: str, cfg: dict, rules: dict, inert: dict) -> dict:
-    """Translate one OpenCLIP config section by ``rules`` (key -> clipa key, or (key, convert));
-    keys in ``inert`` are accepted at the value that builds nothing extra, or any value for ``...``."""
-    out = {}
-    for key, value in cfg.items():
-        if key in rules:
-            ours, convert = rules[key] if isinstance(rules[key], tuple) else (rules[key], None)
-            if isinstance(convert, dict):
-                if value not in convert:
-                    raise ConfigError(f"unsupported setting {section}.{key}={value!r} (clipa builds "
-                                      f"{', '.join(map(repr, convert))})")
-                value = convert[value]
-            out[ours] = convert(value) if callable(convert) else value
-        elif key in inert and inert[key] is not ... and value != inert[key] and value is not None:
-            raise ConfigError(f"unsupported setting {section}.{key}={value!r} (clipa builds OpenCLIP's plain "
-                              f"ViT towers; it needs {inert[key]!r})")
-        elif key not in inert:
-            raise ConfigError(f"unsupported setting {section}.{key}={value!r} (not a field clipa builds)")
-    return out
+def is_pretrained_cfg(model: str, tag: str) -> bool:
+    """Whether ``model`` has pretrained tag ``tag`` (``open_clip.is_pretrained_cfg``)."""
+    return (model, _clean_tag(tag)) in PRETRAINED
 
 
-def _act(section: str, kwargs: dict | None) -> str:
-    if not kwargs:
-        return "gelu"
-    if kwargs == {"approximate": "tanh"}:
-        return "gelu_tanh"
-    raise ConfigError(f"unsupported setting {section}.act_kwargs={kwargs!r}")
+def get_pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
+    """``open_clip.get_pretrained_cfg``'s entry for a tag, as far as clipa keeps it: the hub
+    repository (``hf_hub``, OpenCLIP's spelling with a trailing slash), the preprocessing and
+    ``quick_gelu`` where the weights need it; ``{}`` for an unknown tag."""
+    if not is_pretrained_cfg(model, tag):
+        return {}
+    cfg = pretrained_config(model, _clean_tag(tag)).preprocess
+    entry = PRETRAINED[(model, _clean_tag(tag))]
+    return {"hf_hub": f"{entry.repo}/", **dataclasses.asdict(cfg), **({"quick_gelu": True} if entry.quick_gelu else {})}
 
-
-_SHARED = {"width": "width", "layers": "layers", "mlp_ratio": "mlp_ratio"}
-_VISION = {**_SHARED, "image_size": "image_size", "patch_size": "patch_size", "head_width": "head_width",
-           "final_ln_after_pool": "final_ln_after_pool", "no_ln_pre": ("ln_pre", lambda v: not v),
-           "pool_type": ("pool", {"tok": "tok", "avg": "avg"}),
-           "pos_embed_type": ("pos_embed", {"learnable": "learned", "sin_cos_2d": "sincos"})}
-_TEXT = {**_SHARED, "context_length": "context_length", "vocab_size": "vocab_size", "heads": "heads",
-         "no_causal_mask": ("causal", lambda v: not v),
-         "pool_type": ("pool", {"argmax": "argmax", "last": "last", "first": "first"}),
-         "hf_tokenizer_name": "tokenizer_path"}
-# What OpenCLIP's ViT / text dataclasses hold at the values that add nothing clipa lacks.
-_BLOCK_INERT = {"ls_init_value": None, "output_tokens": False, "norm_kwargs": None, "block_type": None,
-                "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-                "scale_attn": False, "scale_fc": False, "act_kwargs": ...}
-_VISION_INERT = {**_BLOCK_INERT, "attentional_pool": False, "timm_model_name": None,
-                 "patch_dropout": ...,  # a training-time drop; clipa's token reduction is set per stage
-                 **dict.fromkeys(("attn_pooler_queries", "attn_pooler_heads", "timm_model_pretrained", "timm_pool",
-                                  "timm_proj", "timm_proj_bias", "timm_drop", "timm_drop_path"), ...)}
-_TEXT_INERT = {**_BLOCK_INERT, "embed_cls": False, "tokenizer_mode": None, "hf_model_name": None,
-               "proj_type": "linear", "proj_bias": False, "tokenizer_kwargs": ...,
-               # LayerNorm acts per token, so before or after picking one token is the same
-               "final_ln_after_pool": ...,
-               **dict.fromkeys(("pad_id", "eos_id", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"), ...)}
-_TOP = {"embed_dim": "embed_dim", "init_logit_scale": "init_logit_scale", "init_logit_bias": "init_logit_bias"}
-_TOP_INERT = {"vision_cfg": ..., "text_cfg": ..., "quick_gelu": ..., "custom_text": False,
-              "nonscalar_logit_scale": False, "multimodal_cfg": None,
-              "cast_dtype": ...}  # clipa loads weights in fp32 and casts by train.precision / --amp
-
-
-def model_config_from_openclip(model_cfg: dict) -> ModelConfig:
-    """OpenCLIP's ``model_cfg`` (``open_clip_config.json``) as a clipa ``ModelConfig``.
-
-    A setting that would build something clipa's towers lack fails with ``ConfigError`` naming it
-    (``vision_cfg.timm_model_name``, ``text_cfg.hf_model_name``, ...).
-    """
-    vision_cfg, text_cfg = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
-    if not isinstance(vision_cfg, dict):  # OpenCLIP's ResNet configs give the layer counts as a list
-        raise ConfigError(f"unsupported setting vision_cfg={vision_cfg!r} (clipa builds ViT towers only)")
-    if isinstance(vision_cfg.get("layers"), (list, tuple)):
-        raise ConfigError(f"unsupported setting vision_cfg.layers={vision_cfg['layers']!r} (a ResNet; clipa "
-                          "builds ViT towers only)")
-    tree = _mapped("model_cfg", model_cfg, _TOP, _TOP_INERT)
-    vision = _mapped("vision_cfg", vision_cfg, _VISION, _VISION_INERT)
-    text = _mapped("text_cfg", text_cfg, _TEXT, _TEXT_INERT)
-    vision["act"] = _act("vision_cfg", vision_cfg.get("act_kwargs"))
-    text["act"] = _act("text_cfg", text_cfg.get("act_kwargs"))
-    if model_cfg.get("quick_gelu"):
-        vision["act"] = text["act"] = "quick_gelu"
-    if text.get("tokenizer_path"):
-        if text_cfg.get("tokenizer_kwargs") != {"strip_sep_token": True}:
-            raise ConfigError(f"unsupported setting text_cfg.tokenizer_kwargs={text_cfg.get('tokenizer_kwargs')!r} "
-                              "(clipa's BERT tokenizer is OpenCLIP's HFTokenizer with strip_sep_token=True)")
-        text["tokenizer"] = "bert"
-        if text["tokenizer_path"] == DEFAULT_BERT:  # the default, so CLIPA_BERT_TOKENIZER still wins
-            text["tokenizer_path"] = None
-    cfg = from_dict(ModelConfig, {**tree, "vision": vision, "text": text}, prefix="model.")
-    validate_model(cfg)
-    return cfg
 
 
 # ----------------------------------------------------------------------------- resolving names
 
 
 @dataclass
-class Resolved:
-    """What a name stands for: the config to build, the weights to load into it, its preprocessing."""
+class ModelSource:
+    """What a name stands for: the config to build (its preprocessing included) and the weights to load."""
 
     config: ModelConfig
     weights: Path | None
-    preprocess: dict = dataclasses.field(default_factory=dict)  # OpenCLIP's preprocess_cfg, when the repo has one
 
 
 def is_hub_name(name: str | Path) -> bool:
@@ -197,25 +146,27 @@ def hub_name(name: str | Path) -> str | None:
     if is_hub_name(name):
         return str(name)
     folder = Path(name).expanduser()
-    return f"local-dir:{folder}" if folder.is_dir() and (folder / CONFIG_NAME).is_file() else None
+    return f"local-dir:{folder}" if folder.is_dir() and (folder / CONFIG_FILE).is_file() else None
 
 
 def _repo(name: str) -> str:
     return name.split(":", 1)[1]
 
 
-def read_hub_config(name: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> dict:
-    """The ``open_clip_config.json`` of ``hf-hub:ORG/REPO[@REV]`` or ``local-dir:DIR``."""
-    path = fetch(_repo(name), (CONFIG_NAME,), what="OpenCLIP model config", revision=revision, cache_dir=cache_dir)
-    config = json.loads(path.read_text())
-    if "model_cfg" not in config:
-        raise ConfigError(f"{name}: {CONFIG_NAME} has no model_cfg")
-    return config
+def read_hub_config(name: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> ModelConfig:
+    """The model config of ``hf-hub:ORG/REPO[@REV]`` or ``local-dir:DIR`` (its ``open_clip_config.json``,
+    read as data: a file that does not parse or describes an unsupported model is one error naming it)."""
+    path = fetch(_repo(name), (CONFIG_FILE,), what="OpenCLIP model config", revision=revision, cache_dir=cache_dir)
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return from_openclip(config, where=str(path))
 
 
 def hub_weights(repo: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
     """A repository's OpenCLIP weights file, safetensors first (as OpenCLIP)."""
-    return fetch(repo, WEIGHTS_NAMES, what="OpenCLIP weights", revision=revision, cache_dir=cache_dir)
+    return fetch(repo, WEIGHTS_FILES, what="OpenCLIP weights", revision=revision, cache_dir=cache_dir)
 
 
 def _with_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
@@ -226,43 +177,51 @@ def _with_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     return out
 
 
-def resolve(name: str, pretrained: str | Path | None = None, *, revision: str | None = None,
-            cache_dir: str | Path | None = None, **overrides: Any) -> Resolved:
+def model_source(name: str, pretrained: str | Path | None = None, *, revision: str | None = None,
+                 cache_dir: str | Path | None = None, **overrides: Any) -> ModelSource:
     """The config and weights file a model name and ``pretrained`` value stand for (downloading if needed).
 
     A folder in OpenCLIP's layout, as ``name`` or as ``pretrained``, brings its own config: as
     ``pretrained`` it must describe a model of ``name``'s shape (its own config then decides
     the rest, such as QuickGELU), else the error names the first parameter that differs."""
     if (as_hub := hub_name(name)) is not None:
-        name = as_hub
         if pretrained is not None:
-            raise ValueError(f"{name} names its own weights: leave pretrained={str(pretrained)!r} out")
-        config = read_hub_config(name, revision=revision, cache_dir=cache_dir)
-        cfg = _with_overrides(model_config_from_openclip(config["model_cfg"]), overrides)
-        weights = hub_weights(_repo(name), revision=revision, cache_dir=cache_dir)
-        return Resolved(cfg, weights, config.get("preprocess_cfg", {}))
+            raise ValueError(f"{as_hub} names its own weights: leave pretrained={str(pretrained)!r} out")
+        cfg = _with_overrides(read_hub_config(as_hub, revision=revision, cache_dir=cache_dir), overrides)
+        return ModelSource(cfg, hub_weights(_repo(as_hub), revision=revision, cache_dir=cache_dir))
     if pretrained is None:
-        return Resolved(get_model_config(name, **overrides), None)
+        return ModelSource(get_model_config(name, **overrides), None)
     if (folder := hub_name(pretrained)) is not None and folder.startswith("local-dir:"):
-        resolved = resolve(folder, **overrides)
-        _same_shapes(get_model_config(name, **overrides), resolved.config, f"model {name}", f"pretrained={pretrained}")
-        return resolved
+        source = model_source(folder, **overrides)
+        _same_shapes(get_model_config(name, **overrides), source.config, f"model {name}", f"pretrained={pretrained}")
+        return source
     if is_hub_name(str(pretrained)):  # a registry model with a repository's weights
-        return Resolved(get_model_config(name, **overrides),
-                        hub_weights(_repo(str(pretrained)), revision=revision, cache_dir=cache_dir))
-    tag = PRETRAINED.get((name, str(pretrained)))
+        return ModelSource(get_model_config(name, **overrides),
+                           hub_weights(_repo(str(pretrained)), revision=revision, cache_dir=cache_dir))
+    tag = PRETRAINED.get((name, _clean_tag(str(pretrained))))
     if tag is None:
         path = Path(pretrained)
         if path.exists():
-            return Resolved(get_model_config(name, **overrides), path)
+            return ModelSource(get_model_config(name, **overrides), path)
         if isinstance(pretrained, Path) or path.suffix or len(path.parts) > 1:
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        known = ", ".join(pretrained_tags(name)) or "none"
+        known = ", ".join(list_pretrained_tags_by_model(name)) or "none"
         raise HubError(f"pretrained={str(pretrained)!r} is neither a file nor a pretrained tag of {name} "
                        f"(its tags: {known}; or pretrained='hf-hub:ORG/REPO')")
-    if tag.quick_gelu:  # OpenCLIP only warns here; the weights are wrong without QuickGELU
+    return ModelSource(pretrained_config(name, _clean_tag(str(pretrained)), **overrides),
+                       hub_weights(tag.repo, revision=revision, cache_dir=cache_dir))
+
+
+def pretrained_config(name: str, tag: str, **overrides: Any) -> ModelConfig:
+    """Registry model ``name`` as pretrained tag ``tag``'s weights were trained: with QuickGELU
+    where they need it, with the tag's preprocessing."""
+    entry = PRETRAINED[(name, tag)]
+    if entry.quick_gelu:  # OpenCLIP only warns here; the weights are wrong without QuickGELU
         overrides = merge({"vision": {"act": "quick_gelu"}, "text": {"act": "quick_gelu"}}, overrides)
-    return Resolved(get_model_config(name, **overrides), hub_weights(tag.repo, revision=revision, cache_dir=cache_dir))
+    cfg = get_model_config(name, **overrides)
+    if entry.preprocess and "preprocess" not in overrides:
+        cfg = with_preprocess(cfg, entry.preprocess, f"{name} {tag}")
+    return cfg
 
 
 def _same_shapes(ours: ModelConfig, theirs: ModelConfig, ours_name: str, theirs_name: str) -> None:
@@ -278,43 +237,149 @@ def _same_shapes(ours: ModelConfig, theirs: ModelConfig, ours_name: str, theirs_
         if a is None or b is None or a.shape != b.shape:
             shape = lambda t: "absent" if t is None else list(t.shape)  # noqa: E731
             raise ConfigError(f"{theirs_name} holds another architecture than {ours_name}: {key} is {shape(b)} "
-                              f"there, {shape(a)} here (its {CONFIG_NAME} says what it is: set model and "
+                              f"there, {shape(a)} here (its {CONFIG_FILE} says what it is: set model and "
                               "model_overrides to match it, or name the folder as the model)")
 
 
-def build(r: Resolved) -> CLIP:
-    """The model a :class:`Resolved` describes, with its weights when it names some."""
-    model = CLIP(r.config)
-    return model if r.weights is None else load_pretrained(model, r.weights)
+def build(source: ModelSource) -> CLIP:
+    """The model a :class:`ModelSource` describes, with its weights when it names some."""
+    model = CLIP(source.config)
+    if source.weights is not None:
+        checkpoint.load_checkpoint(model, source.weights)
+    return model
 
 
-def create_model(name: str, pretrained: str | Path | None = None, *, revision: str | None = None,
-                 cache_dir: str | Path | None = None, **overrides: Any) -> CLIP:
-    """``clipa.create_model``: a registry name with optional weights (a file, a clipa run or
-    checkpoint, an OpenCLIP pretrained tag, a folder in OpenCLIP's layout, or ``hf-hub:ORG/REPO``),
-    or a whole model: ``hf-hub:ORG/REPO[@REV]``, ``local-dir:DIR`` or such a folder's path."""
-    return build(resolve(name, pretrained, revision=revision, cache_dir=cache_dir, **overrides))
+# OpenCLIP's precision names; "amp*" keep fp32 weights (autocast is the caller's), the others cast
+# the whole model (OpenCLIP's "fp16"/"bf16" keep LayerNorm weights in fp32 through its own
+# LayerNormFp32; torch's LayerNorm kernels accumulate in fp32 either way).
+PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "fp16", "bf16", "pure_fp16", "pure_bf16")
 
 
-def load(name: str | Path, model_name: str | None = None) -> tuple[CLIP, RunConfig | None]:
+def get_cast_dtype(precision: str) -> torch.dtype | None:
+    """``open_clip.get_cast_dtype``: the dtype OpenCLIP builds its towers in for ``precision``."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def get_input_dtype(precision: str) -> torch.dtype | None:
+    """``open_clip.get_input_dtype``: the dtype of a model's inputs (and here its weights) at
+    ``precision``; None for fp32 weights."""
+    return {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16,
+            "fp16": torch.float16, "pure_fp16": torch.float16}.get(precision)
+
+
+def _forced(overrides: dict[str, Any], quick_gelu: bool, image_size: int | tuple[int, int] | None,
+            context_length: int | None) -> dict[str, Any]:
+    """``create_model``'s ``force_*`` keywords (and OpenCLIP's ``quick_gelu`` model keyword) as
+    clipa model overrides, merged under the caller's own."""
+    forced: dict[str, Any] = {}
+    if quick_gelu or overrides.pop("quick_gelu", False):
+        forced = {"vision": {"act": "quick_gelu"}, "text": {"act": "quick_gelu"}}
+    if image_size is not None:
+        sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(sides) != 2 or sides[0] != sides[1]:
+            raise ValueError(f"force_image_size={image_size!r}: clipa's image tower takes square images")
+        forced = merge(forced, {"vision": {"image_size": sides[0]}})
+    if context_length is not None:
+        forced = merge(forced, {"text": {"context_length": context_length}})
+    return merge(forced, overrides)
+
+
+def _refused(jit: bool, force_custom_text: bool, weights_only: bool, precision: str) -> None:
+    if jit:
+        raise ValueError("jit=True: clipa's models are not TorchScript; torch.compile(model) (train.compile in "
+                         "a run) is the way to compile them")
+    if force_custom_text:
+        raise ValueError("force_custom_text=True: clipa builds OpenCLIP's built-in text transformer only")
+    checkpoint.refuse_unpickling(weights_only)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: one of {', '.join(PRECISIONS)}")
+
+
+def create_model(model_name: str, pretrained: str | Path | None = None, load_weights: bool = True,
+                 precision: str = "fp32", device: str | torch.device = "cpu", jit: bool = False,
+                 force_quick_gelu: bool = False, force_custom_text: bool = False,
+                 force_patch_dropout: float | None = None, force_image_size: int | tuple[int, int] | None = None,
+                 force_preprocess_cfg: dict[str, Any] | None = None, force_context_length: int | None = None,
+                 pretrained_image: bool = False, pretrained_text: bool = True,
+                 pretrained_image_path: str | Path | None = None, pretrained_text_path: str | Path | None = None,
+                 cache_dir: str | Path | None = None, output_dict: bool | None = None,
+                 require_pretrained: bool = False, weights_only: bool = True, *, revision: str | None = None,
+                 **model_kwargs: Any) -> CLIP:
+    """``open_clip.create_model`` with its arguments, in training mode as there: a registry name
+    with optional weights (a file, a clipa run or checkpoint, an OpenCLIP pretrained tag, a folder
+    in OpenCLIP's layout, or ``hf-hub:ORG/REPO``), or a whole model: ``hf-hub:ORG/REPO[@REV]``,
+    ``local-dir:DIR`` or such a folder's path.
+
+    ``model_kwargs`` are clipa model config fields (``embed_dim``, ``vision={...}``,
+    ``text={...}``, ``init_logit_scale``, ``init_logit_bias``, ...; OpenCLIP's ``quick_gelu``
+    too). ``pretrained_image`` and ``pretrained_text`` change nothing, as in OpenCLIP for these
+    towers (no tower has base weights of its own); ``force_patch_dropout`` drops that fraction
+    of patches in training, as a stage's ``image_reduction: {strategy: random}``. ``jit``,
+    ``force_custom_text`` and ``weights_only=False`` are refused, naming why."""
+    from .config import ImageReductionConfig
+
+    _refused(jit, force_custom_text, weights_only, precision)
+    overrides = _forced(model_kwargs, force_quick_gelu, force_image_size, force_context_length)
+    source = model_source(model_name, pretrained, revision=revision, cache_dir=cache_dir, **overrides)
+    if force_preprocess_cfg:
+        source.config = with_preprocess(source.config, force_preprocess_cfg, "force_preprocess_cfg")
+    if not load_weights:
+        source.weights = None
+    if require_pretrained and source.weights is None:
+        raise ValueError(f"require_pretrained: {model_name} with pretrained={pretrained!r} names no weights")
+    model = build(source)
+    for path, into in ((pretrained_image_path, model.visual), (pretrained_text_path, model)):
+        if path is not None:  # OpenCLIP loads a tower's file non-strictly; its text tower is the model here
+            into.load_state_dict(checkpoint.read_weights(path), strict=False)
+    if force_patch_dropout:
+        model.visual.set_token_reduction(ImageReductionConfig(strategy="random", ratio=force_patch_dropout))
+    model.output_dict = bool(output_dict)
+    return model.to(device=device, dtype=get_input_dtype(precision))
+
+
+def run_model_source(run: RunConfig, saved: ModelConfig | None = None) -> ModelSource:
+    """The model a clipa run trains: the config its checkpoint recorded (``saved``: its weights
+    come from the checkpoint), else the run's ``model`` and ``pretrained`` weights, with the
+    preprocessing of a built-in training source (``data.builtin.with_source_preprocess``)."""
+    if saved is not None:
+        return ModelSource(saved, None)
+    source = model_source(run.model, run.pretrained, **run.model_overrides)
+    return ModelSource(with_source_preprocess(source.config, run), source.weights)
+
+
+def load_model(source: str | Path, model_name: str | None = None) -> tuple[CLIP, RunConfig | None]:
     """What ``clipa eval`` and ``clipa export`` take, in eval mode with its run config (None
     unless a clipa checkpoint): a clipa run, checkpoint or weights file (``model_name`` naming
     a weights file's architecture), a ``hf-hub:``/``local-dir:`` model, or with ``model_name``
-    one of its pretrained tags."""
-    if hub_name(name) is not None or (model_name is not None and not Path(name).exists()):
-        return create_model(model_name or str(name), None if model_name is None else str(name)).eval(), None
-    return load_model(name, model_name)
+    one of its pretrained tags. A clipa checkpoint rebuilds its own architecture at its last
+    stage's sizes; with ``model_name`` any path loads into that architecture at its registry sizes."""
+    if hub_name(source) is not None or (model_name is not None and not Path(source).exists()):
+        return create_model(model_name or str(source), None if model_name is None else str(source)).eval(), None
+    if model_name is not None:
+        model = build(ModelSource(get_model_config(model_name), Path(source)))
+        return model.eval(), checkpoint.read_run_config(checkpoint.resolve(source))
+    found, _ = checkpoint.open_checkpoint(source, checkpoint.logger.warning)  # checked once; damage named
+    if not found.is_step:
+        raise ValueError(f"{found.path} is a weights file: name its architecture (e.g. --model ViT-B-32)")
+    state = checkpoint.read_state(found.path)
+    where = found.path / checkpoint.STATE_FILE
+    run = state.run_config(where)
+    # the weights come from the checkpoint: nothing pretrained is fetched for the architecture
+    model = CLIP(run_model_source(dataclasses.replace(run, pretrained=None), state.model_config(where)).config)
+    load_weights(model, checkpoint.read_model(found), found.path)
+    return model.eval(), run
 
 
-def get_tokenizer(name: str, context_length: int | None = None, *, revision: str | None = None,
-                  cache_dir: str | Path | None = None):
-    """The tokenizer a registry name or a ``hf-hub:`` / ``local-dir:`` repository's config names."""
-    from .tokenizer import get_tokenizer as registry_tokenizer, text_tokenizer
+def get_tokenizer(model_name: str, context_length: int | None = None, cache_dir: str | Path | None = None, *,
+                  revision: str | None = None):
+    """``open_clip.get_tokenizer``: the tokenizer of a registry model, or of the ``hf-hub:`` /
+    ``local-dir:`` model whose config names it, cutting to ``context_length`` (default: the model's)."""
+    from .tokenizer import text_tokenizer
 
-    if hub_name(name) is None:
-        return registry_tokenizer(name, context_length)
-    config = read_hub_config(hub_name(name), revision=revision, cache_dir=cache_dir)
-    text = model_config_from_openclip(config["model_cfg"]).text
+    if (as_hub := hub_name(model_name)) is not None:
+        text = read_hub_config(as_hub, revision=revision, cache_dir=cache_dir).text
+    else:
+        text = get_model_config(model_name).text
     return text_tokenizer(text, context_length or text.context_length)
 
 
@@ -345,18 +410,16 @@ def save_pretrained(model: CLIP, out_dir: str | Path, *, repo_id: str | None = N
     from .hubfile import is_repo_id
     from .tokenizer import bert_tokenizer_file
 
-    out = export_openclip(model, out_dir)
-    (out / "README.md").write_text(model_card(model, repo_id))
     text = model.cfg.text
+    tokenizer_name = repo_id if (repo_id and text.tokenizer == "bert" and text.tokenizer_path
+                                 and not is_repo_id(text.tokenizer_path)) else None
+    out = export_openclip(model, out_dir, tokenizer_name=tokenizer_name)
+    (out / "README.md").write_text(model_card(model, repo_id))
     if text.tokenizer == "bert":
         source = bert_tokenizer_file(text.tokenizer_path)
         shutil.copyfile(source, out / source.name)
         (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
                                                                "do_lower_case": True}) + "\n")
-        if repo_id and text.tokenizer_path and not is_repo_id(text.tokenizer_path):
-            config = json.loads((out / CONFIG_NAME).read_text())
-            config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = repo_id
-            (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 

@@ -3,10 +3,13 @@
 
 All three take what the model's forward returns, ``loss_fn(*model(images, text))``:
 
-    loss_fn(img, txt, t, b=None, *, all_img=None, all_txt=None, offset=0)
+    loss_fn(img, txt, logit_scale, logit_bias=None, *, all_img=None, all_txt=None, offset=0)
 
-``img``/``txt`` are normalised embeddings (rows are pairs), ``t`` the log-temperature and
-``b`` SigLIP's bias (None without one; the softmax losses have no use for it and ignore it).
+``img``/``txt`` are normalised embeddings (rows are pairs), ``logit_scale`` the temperature
+``exp(t)`` (OpenCLIP's forward and ``ClipLoss`` pass the same) and ``logit_bias`` SigLIP's bias
+(None without one; the softmax losses have no use for it and ignore it). As in OpenCLIP the
+losses do not cap the scale: the cap at 100 is the parameter's (``train.step.TrainStep`` keeps
+``t`` in [0, ln 100]), so the temperature's gradient is exact wherever it stands.
 Across ranks each process passes its own rows as ``img``/``txt``, the whole batch gathered
 in rank order as ``all_img``/``all_txt`` and ``offset = rank * B_local``: row i's positive
 is then column ``offset + i``. The symmetric InfoNCE needs both gathered sides (image rows
@@ -34,16 +37,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-MAX_LOGIT_SCALE = math.log(100.0)
+MAX_LOGIT_SCALE = math.log(100.0)  # the cap on t, so on the scale exp(t) at 100 (CLIP's)
 _TILE_ELEMENTS = 2**24  # auto tile: one [rows, tile] fp32 block is 64 MiB
 _MIN_TILE = 256  # narrower tiles make the matmuls inefficient
-
-
-def clamp_logit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
-    """t capped at ln 100. Unlike ``clamp``, whose gradient is zero *at* the bound, this passes
-    the gradient there: the trainer's ``clamp_`` parks the parameter exactly on the cap, and
-    with a zero gradient the temperature could never come back down."""
-    return torch.where(logit_scale > MAX_LOGIT_SCALE, MAX_LOGIT_SCALE, logit_scale)
 
 
 def _fp(x: torch.Tensor) -> torch.Tensor:
@@ -70,22 +66,21 @@ def _global_sides(all_img: torch.Tensor | None, all_txt: torch.Tensor | None, of
 def clip_loss(
     img: torch.Tensor,
     txt: torch.Tensor,
-    t: torch.Tensor,
-    b: torch.Tensor | None = None,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
     *,
     all_img: torch.Tensor | None = None,
     all_txt: torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """Mean of image->text and text->image cross-entropy over ``exp(t) * img @ txt.T``.
-
-    t is clamped at ln 100 as in CLIP; ``b`` is ignored. Across ranks (see the module
+    """Mean of image->text and text->image cross-entropy over ``logit_scale * img @ txt.T``
+    (OpenCLIP's ``ClipLoss``); ``logit_bias`` is ignored. Across ranks (see the module
     docstring) the result is OpenCLIP's local loss, whose mean over ranks is the global loss.
     """
     across = _global_sides(all_img, all_txt, offset)
     labels = torch.arange(img.shape[0], device=img.device) + offset
     with _exact(img):
-        scale = clamp_logit_scale(_fp(t)).exp()
+        scale = _fp(logit_scale)
         img, txt = _fp(img), _fp(txt)
         if not across:  # one matrix serves both directions
             logits = scale * img @ txt.T  # [B, B]
@@ -98,30 +93,36 @@ def clip_loss(
 def sigmoid_loss(
     img: torch.Tensor,
     txt: torch.Tensor,
-    t: torch.Tensor,
-    b: torch.Tensor | None = None,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
     *,
     all_img: torch.Tensor | None = None,
     all_txt: torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """SigLIP: every pair is a binary problem over ``exp(t) * img @ txt.T + b``; positives on
-    the diagonal. Normalised by B. Across ranks this rank's image rows against ``all_txt``
-    are its whole share of the pairs (``all_img`` is not needed)."""
-    if b is None:
-        raise ValueError("sigmoid_loss needs the bias b (the model's logit_bias)")
+    """SigLIP: every pair is a binary problem over ``logit_scale * img @ txt.T + logit_bias``;
+    positives on the diagonal. Normalised by B. Across ranks this rank's image rows against
+    ``all_txt`` are its whole share of the pairs (``all_img`` is not needed)."""
+    if logit_bias is None:
+        raise ValueError("sigmoid_loss needs the bias (the model's logit_bias)")
     with _exact(img):
         cols = _fp(txt if all_txt is None else all_txt)
-        logits = _fp(t).exp() * _fp(img) @ cols.T + _fp(b)  # [B_local, B_global]
+        logits = _fp(logit_scale) * _fp(img) @ cols.T + _fp(logit_bias)  # [B_local, B_global]
         signs = -torch.ones_like(logits)
         rows = torch.arange(img.shape[0], device=img.device)
         signs[rows, rows + offset] = 1
         return -F.logsigmoid(signs * logits).sum() / img.shape[0]
 
 
+def tile_width(n_rows: int, n_cols: int) -> int:
+    """Columns per block when the tiled loss picks them: blocks of about 2^24 logits, at
+    least 256 columns, at most all of them (``clipa.memory`` sizes the loss with it)."""
+    return min(n_cols, max(_MIN_TILE, _TILE_ELEMENTS // max(n_rows, 1)))
+
+
 def _column_tiles(n_cols: int, n_rows: int, tile: int | None) -> range:
     if tile is None:
-        tile = min(n_cols, max(_MIN_TILE, _TILE_ELEMENTS // max(n_rows, 1)))
+        tile = tile_width(n_rows, n_cols)
     if tile <= 0:
         raise ValueError(f"tile must be positive, got {tile}")
     return range(0, n_cols, tile)
@@ -136,14 +137,13 @@ class _TiledInfoNCE(torch.autograd.Function):
     """Sum over rows i of the cross-entropy of ``s * q @ k.T`` with target column ``offset + i``;
     with ``symmetric`` (square, offset 0) also the column cross-entropy of the same matrix,
     so one pass over the tiles serves both directions of the single-device CLIP loss.
-    Returns an unnormalised sum; gradients are exact for q, k and the log-scale t."""
+    Returns an unnormalised sum; gradients are exact for q, k and the scale s."""
 
     @staticmethod
-    def forward(ctx, q, k, log_scale, offset: int, tile: int | None, symmetric: bool):
+    def forward(ctx, q, k, s, offset: int, tile: int | None, symmetric: bool):
         n, m = q.shape[0], k.shape[0]
         tiles = _column_tiles(m, n, tile)
         with torch.autocast(q.device.type, enabled=False):
-            s = log_scale.exp()
             row_max = q.new_full((n,), -math.inf)
             row_sum = q.new_zeros(n)
             col_lse = q.new_empty(m) if symmetric else None
@@ -160,17 +160,16 @@ class _TiledInfoNCE(torch.autograd.Function):
             loss = (row_lse - target).sum()
             if symmetric:
                 loss = loss + (col_lse - target).sum()
-        ctx.save_for_backward(q, k, log_scale, row_lse, col_lse)
+        ctx.save_for_backward(q, k, s, row_lse, col_lse)
         ctx.offset, ctx.tiles, ctx.symmetric = offset, tiles, symmetric
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, log_scale, row_lse, col_lse = ctx.saved_tensors
+        q, k, s, row_lse, col_lse = ctx.saved_tensors
         offset, tiles, symmetric = ctx.offset, ctx.tiles, ctx.symmetric
         targets_per_cell = 2.0 if symmetric else 1.0
         with torch.autocast(q.device.type, enabled=False):
-            s = log_scale.exp()
             dq = torch.zeros_like(q)  # d(loss)/d(S) @ k, before the factor s
             dk = torch.empty_like(k)
             for j0 in tiles:
@@ -186,10 +185,10 @@ class _TiledInfoNCE(torch.autograd.Function):
                     dlogits[idx, idx + offset - j0] -= targets_per_cell
                 dq.addmm_(dlogits, kj)
                 torch.mm(dlogits.T, q, out=dk[j0:j1])
-            # d(loss)/dt = sum_ij dS_ij * S_ij = s * sum_i q_i . (dS @ k)_i
-            dlog_scale = s * (dq * q).sum()
+            # d(loss)/ds = sum_ij dS_ij * (q_i . k_j) = sum_i q_i . (dS @ k)_i
+            dscale = (dq * q).sum()
             gs = grad * s
-        return dq.mul_(gs), dk.mul_(gs), grad * dlog_scale, None, None, None
+        return dq.mul_(gs), dk.mul_(gs), grad * dscale, None, None, None
 
 
 def tiled_cross_entropy(
@@ -199,41 +198,38 @@ def tiled_cross_entropy(
     offset: int = 0,
     tile: int | None = None,
 ) -> torch.Tensor:
-    """Mean over rows i of the cross-entropy of ``exp(t) * rows @ cols.T`` with target
+    """Mean over rows i of the cross-entropy of ``logit_scale * rows @ cols.T`` with target
     column ``offset + i``, in O(len(rows) x tile) memory.
 
     This is one direction of the cross-rank loss: a rank's local rows against the global
-    (gathered with gradient) columns, with ``offset = rank * B_local``. ``logit_scale`` is t,
-    clamped at ln 100.
+    (gathered with gradient) columns, with ``offset = rank * B_local``.
     """
     if offset < 0 or offset + rows.shape[0] > cols.shape[0]:
         raise ValueError(f"targets {offset}..{offset + rows.shape[0]} fall outside {cols.shape[0]} columns")
-    t = clamp_logit_scale(_fp(logit_scale))
-    return _TiledInfoNCE.apply(_fp(rows), _fp(cols), t, offset, tile, False) / rows.shape[0]
+    return _TiledInfoNCE.apply(_fp(rows), _fp(cols), _fp(logit_scale), offset, tile, False) / rows.shape[0]
 
 
 def tiled_clip_loss(
     img: torch.Tensor,
     txt: torch.Tensor,
-    t: torch.Tensor,
-    b: torch.Tensor | None = None,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
     *,
     all_img: torch.Tensor | None = None,
     all_txt: torch.Tensor | None = None,
     offset: int = 0,
     tile: int | None = None,
 ) -> torch.Tensor:
-    """``clip_loss`` in linear memory, with the same value and gradients (``b`` is ignored).
+    """``clip_loss`` in linear memory, with the same value and gradients (``logit_bias`` is ignored).
 
     ``tile`` is the number of columns per block (default: blocks of about 2^24 logits);
     bind it with ``functools.partial`` to keep the common signature.
     """
     if not _global_sides(all_img, all_txt, offset):
-        t = clamp_logit_scale(_fp(t))
-        return _TiledInfoNCE.apply(_fp(img), _fp(txt), t, 0, tile, True) / (2 * img.shape[0])
+        return _TiledInfoNCE.apply(_fp(img), _fp(txt), _fp(logit_scale), 0, tile, True) / (2 * img.shape[0])
     return (
-        tiled_cross_entropy(img, all_txt, t, offset, tile)
-        + tiled_cross_entropy(txt, all_img, t, offset, tile)
+        tiled_cross_entropy(img, all_txt, logit_scale, offset, tile)
+        + tiled_cross_entropy(txt, all_img, logit_scale, offset, tile)
     ) / 2
 
 
@@ -283,9 +279,10 @@ def global_loss(loss_fn: LossFn, rank: int, world_size: int) -> LossFn:
     if world_size == 1:
         return loss_fn
 
-    def across(img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    def across(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+               logit_bias: torch.Tensor | None = None) -> torch.Tensor:
         img, txt = _fp(img), _fp(txt)  # gathered (and their gradients reduced) in fp32
-        loss = loss_fn(img, txt, t, b, all_img=gather_with_grad(img), all_txt=gather_with_grad(txt),
+        loss = loss_fn(img, txt, logit_scale, logit_bias, all_img=gather_with_grad(img), all_txt=gather_with_grad(txt),
                        offset=rank * img.shape[0])
         mean = loss.detach().clone()
         dist.all_reduce(mean)

@@ -1,20 +1,25 @@
-"""Compute planner: what a recipe costs, stage by stage, before anything runs.
+"""Compute and memory planner: what a recipe costs, stage by stage, before anything runs.
 
 Each stage trains ``samples`` image-text pairs at its own image size, kept patch count (masking)
 and text length; its compute is the analytic training-step FLOPs (``clipa.flops``) times the
 samples. Accelerator-hours = FLOPs / (peak FLOP/s x MFU). The defaults describe an A100 in bf16
 (312 TFLOP/s dense) at the utilisation that CLIPA-v2's published H/14 GPU-hours imply under this
 FLOP count (about 0.27), priced at the paper's A100-80GB rate ($12,247 / 7,776 GPU-hours).
+
+On N GPUs of a given memory, each stage's per-rank memory comes from ``clipa.memory``: its
+terms, its peak, whether it fits and the microbatch ``train.microbatch_size: auto`` would pick.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from . import memory
 from .config import RunConfig
 from .flops import pair_flops
-from .models.registry import get_model_config
-from .train.stage import resolve_stage
+from .hub import run_model_source
+from .train.stage import resolve_stages
 
 A100_BF16_TFLOPS = 312.0
 CLIPA_V2_MFU = 0.27
@@ -22,7 +27,7 @@ CLIPA_V2_USD_PER_GPU_HOUR = 12_247 / 7_776
 
 
 @dataclass(frozen=True)
-class StagePlan:
+class StageCost:
     name: str
     image_size: int
     image_tokens: int  # per sample, class token included
@@ -40,24 +45,28 @@ class StagePlan:
 
 
 def plan_run(cfg: RunConfig, accelerator_tflops: float = A100_BF16_TFLOPS, mfu: float = CLIPA_V2_MFU,
-             usd_per_hour: float = CLIPA_V2_USD_PER_GPU_HOUR) -> list[StagePlan]:
-    """One ``StagePlan`` per stage of ``cfg``."""
+             usd_per_hour: float = CLIPA_V2_USD_PER_GPU_HOUR) -> list[StageCost]:
+    """One ``StageCost`` per stage of ``cfg``, from the same stage plans the trainer runs."""
     if accelerator_tflops <= 0 or not 0 < mfu <= 1:
         raise ValueError("accelerator TFLOP/s must be positive and MFU in (0, 1]")
-    model = get_model_config(cfg.model, **cfg.model_overrides)
+    model = run_model_source(_architecture_only(cfg)).config
     flops_per_hour = accelerator_tflops * 1e12 * mfu * 3600
-    plans = []
-    for stage in cfg.stages:
-        r = resolve_stage(stage, model)
+    costs = []
+    for r in resolve_stages(cfg, model):
         f = pair_flops(model, r.image_size, r.seen_patches, r.text_length)
-        total = f.train_step * stage.samples
+        total = f.train_step * r.samples
         hours = total / flops_per_hour
-        plans.append(StagePlan(
-            name=stage.name, image_size=r.image_size, image_tokens=f.image_tokens, text_tokens=f.text_tokens,
-            samples=stage.samples, steps=r.steps, step_flops=f.train_step,
+        costs.append(StageCost(
+            name=r.name, image_size=r.image_size, image_tokens=f.image_tokens, text_tokens=f.text_tokens,
+            samples=r.samples, steps=r.steps, step_flops=f.train_step,
             flops=total, hours=hours, cost=hours * usd_per_hour,
         ))
-    return plans
+    return costs
+
+
+def _architecture_only(cfg: RunConfig) -> RunConfig:
+    """``cfg`` without its pretrained weights: a plan needs the architecture, not a download."""
+    return dataclasses.replace(cfg, pretrained=None)
 
 
 def _count(n: float) -> str:
@@ -92,7 +101,7 @@ def _usd(cost: float) -> str:
     return "<$0.01" if 0 < cost < 0.01 else f"${cost:,.0f}" if cost >= 100 else f"${cost:,.2f}"
 
 
-def format_plan(plans: list[StagePlan]) -> str:
+def format_plan(plans: list[StageCost]) -> str:
     """An aligned table: one row per stage, then the totals; every cell carries its unit."""
     head = ("stage", "px", "tokens/pair", "samples", "steps", "tokens", "GFLOPs/pair", "FLOPs",
             "acc-time", "cost")
@@ -109,3 +118,71 @@ def format_plan(plans: list[StagePlan]) -> str:
 
     rule = "-" * len(line(head))
     return "\n".join([line(head), rule, *map(line, rows), rule, line(total)])
+
+
+# ----------------------------------------------------------------------------- memory per rank
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    name: str
+    plan: memory.MemoryPlan  # at the chosen microbatch (at microbatch 1 when nothing fits)
+    usable: int  # bytes of a GPU the plan may fill (its memory less the margin)
+    fits: bool
+    checkpoint: int  # bytes each rank writes per checkpoint
+
+
+def plan_stage_memory(cfg: RunConfig, gpus: int, gpu_memory: int, parallel: str | None = None,
+                      margin: float = memory.DEFAULT_MARGIN) -> list[StageMemory]:
+    """One ``StageMemory`` per stage of ``cfg`` on ``gpus`` GPUs of ``gpu_memory`` bytes, with
+    the recipe's settings (``parallel`` replaces ``train.parallel``). The microbatch is the
+    recipe's ``train.microbatch_size`` when it gives a number, else the largest that fits."""
+    if gpus < 1:
+        raise ValueError(f"--gpus must be at least 1, got {gpus}")
+    model = run_model_source(_architecture_only(cfg)).config
+    train = cfg.train if parallel is None else dataclasses.replace(cfg.train, parallel=parallel)
+    usable = memory.usable_bytes(gpu_memory, margin)
+    # the stage plans without a microbatch: the recipe's number, else the largest that fits, is chosen below
+    plain = dataclasses.replace(cfg, train=dataclasses.replace(train, microbatch_size=None))
+    out = []
+    for r in resolve_stages(plain, model, gpus):
+        setup = memory.setup_for_stage(model, r, train, gpus, "cuda", r.tiled_loss)
+        micro = train.microbatch_size
+        if not isinstance(micro, int):
+            micro = memory.largest_microbatch(setup, usable)
+        plan = memory.plan_memory(dataclasses.replace(setup, microbatch=micro or 1))
+        out.append(StageMemory(r.name, plan, usable, micro is not None and plan.peak <= usable,
+                               memory.checkpoint_bytes(setup)))
+    return out
+
+
+def format_memory(stages: list[StageMemory]) -> str:
+    """An aligned table of each stage's per-rank terms, peak, fit and microbatch, then a line
+    per stage on its activations by tower, layer and kept tokens."""
+    gb = memory.format_bytes
+    def cell(n: int) -> str:
+        return gb(n) if n else "-"
+
+    head = ("stage", "batch/rank", "micro", "params", "grads", "adam", "gathered", "fsdp grads", "casts",
+            "activations", "cache", "loss", "peak", "phase", "fits", "ckpt/rank")
+    rows = []
+    for st in stages:
+        p, s = st.plan, st.plan.setup
+        micro = "-" if not st.fits and s.microbatch == 1 else f"{min(s.microbatch or s.local_batch, s.local_batch):,}"
+        rows.append((st.name, f"{s.local_batch:,}", micro, gb(p.parameters), gb(p.gradients), gb(p.optimizer),
+                     cell(p.gathered), cell(p.unsharded_gradients), cell(p.autocast_weights), gb(p.activations),
+                     cell(p.cache), gb(p.loss), gb(p.peak), p.peak_phase, "yes" if st.fits else "NO",
+                     gb(st.checkpoint)))
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i in (0, 13) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    lines = [line(head), "-" * len(line(head)), *map(line, rows)]
+    for st in stages:
+        s = st.plan.setup
+        towers = "; ".join(
+            f"{t.name} {t.layers} blocks x {t.tokens} tokens: {gb(t.block)}/block"
+            f" ({gb(t.checkpointed_block)} checkpointed)" for t in st.plan.towers)
+        lines.append(f"{st.name}: per sample, {s.precision}{', checkpointed' if s.grad_checkpointing else ''}: {towers}")
+    return "\n".join(lines)

@@ -220,14 +220,6 @@ def bert_tokenizer(path: str | Path | None = None, context_length: int = 32) -> 
                          zeroed=ids["[SEP]"])
 
 
-def get_tokenizer(name: str, context_length: int | None = None) -> TextTokenizer:
-    """The tokenizer of registered model ``name``; context defaults to its ``text.context_length``."""
-    from .models import get_model_config
-
-    text = get_model_config(name).text
-    return text_tokenizer(text, context_length or text.context_length)
-
-
 def tokenizer_for(model) -> TextTokenizer:
     """The tokenizer matching a built model's text config at its current context length."""
     return text_tokenizer(model.cfg.text, model.context_length)

@@ -124,7 +124,7 @@ def show_masks(
     """Save a picture of the kept patches per image rule (``ratio`` of patches removed) and,
     given a ``caption``, the kept words per text rule at ``text_length`` tokens."""
     from .models import get_model_config
-    from .tokenizer import get_tokenizer
+    from .tokenizer import text_tokenizer
 
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio (fraction of patches removed) must be in [0, 1), got {ratio}")
@@ -135,7 +135,8 @@ def show_masks(
     # the model's pixels, each drawn as a zoom x zoom square: what it sees, only bigger
     img = load_square(image_path, size).resize((size * zoom, size * zoom), Image.NEAREST)
     panels = image_panels(img, cfg.vision.patch_size, ratio, generator, zoom)
-    lines = text_lines(caption, get_tokenizer(model), text_length, tagger, generator) if caption else []
+    tokenizer = text_tokenizer(cfg.text, cfg.text.context_length)
+    lines = text_lines(caption, tokenizer, text_length, tagger, generator) if caption else []
 
     font = ImageFont.load_default(size=14)
     # Every panel at least MIN_PANEL px wide (whole-number zoom keeps patches square) and every

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from .. import flops as counting
+from ..config import ImageReductionConfig
 from ..models.registry import get_model_config, list_models
+from ..reduction.image import num_kept
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         counting.check_text_length(args.text_length, cfg.text.context_length, what=f"--text-length for {args.model}:")
     if not 0.0 < args.image_keep <= 1.0:
         raise ValueError(f"--image-keep {args.image_keep} is outside (0, 1]")
-    f = counting.pair_flops(cfg, size, counting.kept_patches(grid * grid, args.image_keep), args.text_length)
+    # random masking keeps FLIP's max(1, int(N * keep)): the rule the trainer and the planner count by
+    masking = ImageReductionConfig(strategy="random", ratio=round(1.0 - args.image_keep, 12))
+    f = counting.pair_flops(cfg, size, num_kept(masking, grid * grid), args.text_length)
     rows = [
         ("image", f.image, 3 * f.image - f.patch_embed),
         ("text", f.text, 3 * f.text),

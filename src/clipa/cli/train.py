@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import distributed
-from ..train.resume import resolve_config
+from ..train.resume import resolve_run
 from ..train.signals import TrainingStopped
 from ..train.trainer import Trainer
 
@@ -25,10 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config:  # `clipa train key=value ...` without a file
         overrides.insert(0, config)
         config = None
-    cfg, resumed = resolve_config(config, overrides)
-    if resumed:
-        print(resumed, flush=True)
-    trainer = Trainer(cfg)
+    cfg, resume = resolve_run(config, overrides, log=lambda m: print(m, flush=True))
+    trainer = Trainer(cfg, resume)
     try:
         results = trainer.fit()
     except TrainingStopped as e:  # a signal: saved, every rank stopped at the same step

@@ -12,10 +12,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# OpenAI CLIP's pixel normalisation, shared by the training transforms, evaluation and export.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 _EXPORTS = {
     "Loader": "loader",
     "TrainLoader": "loader",
@@ -26,9 +22,10 @@ _EXPORTS = {
     "REASONS": "samples",
     "build_eval_transform": "transforms",
     "build_train_transform": "transforms",
+    "built_in": "builtin",
 }
 
-__all__ = sorted([*_EXPORTS, "CLIP_MEAN", "CLIP_STD"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
 from ..config import DataConfig
 from .samples import BadSample, decode_image, open_image
-from .transforms import augment_pixels, draft_size, eval_pixels, train_pixels
+from .transforms import augment_pixels, draft_size, train_pixels
 
 REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scales below 1, coarsest first
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect ratio range
@@ -94,12 +94,10 @@ def _crop_then(size: int, scale: tuple[float, float], max_pixels: int, pixels: C
     return pixels(decode_crop(data, size, scale, max_pixels=max_pixels))
 
 
-def image_decoder(image_size: int, data: DataConfig, augment: bool = True) -> Callable[[bytes], torch.Tensor]:
+def image_decoder(image_size: int, data: DataConfig) -> Callable[[bytes], torch.Tensor]:
     """Image bytes -> uint8 ``[3, S, S]`` the loader batches, as ``data`` says: the training crop
-    (``data.decode_scale``) and augmentations, or (``augment=False``) the centre crop. Draws its
-    randomness from torch's global RNG (the stream seeds it per sample); picklable, for workers."""
-    if not augment:
-        return partial(_decode_then, data.max_image_pixels, image_size, eval_pixels(image_size))
+    (``data.decode_scale``) and augmentations. Draws its randomness from torch's global RNG (the
+    stream seeds it per sample); picklable, for workers."""
     if data.decode_scale == "worst_crop":
         return partial(_decode_then, data.max_image_pixels, draft_size(image_size, data.scale[0]),
                        train_pixels(image_size, data))
@@ -120,11 +118,11 @@ def _jpeg_or_pixels(cpu: Callable[[bytes], torch.Tensor], max_pixels: int, data:
     return cpu(data)  # [3, S, S]
 
 
-def worker_decoder(image_size: int, data: DataConfig, augment: bool = True) -> Callable[[bytes], torch.Tensor]:
+def worker_decoder(image_size: int, data: DataConfig) -> Callable[[bytes], torch.Tensor]:
     """What loader workers do with image bytes: decode (``data.decode: cpu``, see
     :func:`image_decoder`) or, for the GPU, only check JPEGs and pass their bytes on."""
-    cpu = image_decoder(image_size, data, augment)
-    return partial(_jpeg_or_pixels, cpu, data.max_image_pixels) if data.decode == "cuda" and augment else cpu
+    cpu = image_decoder(image_size, data)
+    return partial(_jpeg_or_pixels, cpu, data.max_image_pixels) if data.decode == "cuda" else cpu
 
 
 class DeviceDecoder:

@@ -5,8 +5,9 @@ and the ImageNet family, each as an ``EvalSet`` whose batches are ``(images, lab
 Shards are read by the training reader (:meth:`Source.read`, :func:`decode_sample`), so a
 corrupt or truncated image, a decompression bomb or a corrupt tar header costs exactly the
 samples it damages, each counted by its reason in a :class:`Tally` and logged; nothing shortens
-an evaluation silently. Images go through :func:`build_eval_transform` (OpenCLIP's evaluation
-transform), so a model sees exactly what it would see under OpenCLIP and CLIP_benchmark.
+an evaluation silently. Images go through the transform the caller gives, the model's own
+(:func:`~.transforms.build_eval_transform` of its preprocessing: OpenCLIP's evaluation transform),
+so a model sees exactly what it would see under OpenCLIP and CLIP_benchmark.
 """
 
 from __future__ import annotations
@@ -316,14 +317,12 @@ def _objectnet_set(root: Path, transform, templates, max_samples) -> EvalSet:
                    drawn)
 
 
-def open_data(data: str | Path, image_size: int, split: str = "test", classnames: str | None = None,
+def open_data(data: str | Path, transform: Callable, split: str = "test", classnames: str | None = None,
               templates: str | None = None, max_samples: int | None = None) -> EvalSet:
     """Find out what ``data`` is: a CLIP_benchmark folder (``split/*.tar`` + ``classnames.txt``
     or ``dataset_type.txt``), retrieval shards (a ``.tar``, a brace pattern, a folder of shards)
-    or an image folder (class sub-folders; needs ``classnames``)."""
-    from .transforms import build_eval_transform  # torchvision: imported when a set is opened
-
-    transform = build_eval_transform(image_size)
+    or an image folder (class sub-folders; needs ``classnames``); its images go through
+    ``transform`` (PIL image -> model input)."""
     path = Path(data)
     benchmark = path.is_dir() and (path / split).is_dir() and any((path / split).glob("*.tar"))
     if path.is_dir() and not benchmark and not any(path.glob("*.tar")):

@@ -1,8 +1,9 @@
 """ImageNet-1k metadata for zero-shot evaluation (facts, copied from the usual sources).
 
 Class names: OpenAI's curated 1,000 names (CLIP's notebook; OpenCLIP's ``zero_shot_metadata``).
-Templates: OpenAI's 80 prompts, ``{c}`` standing for the class name. WordNet ids in class order
-and the ImageNet-A / ImageNet-R 200-class subsets: as in LAION's CLIP_benchmark.
+Templates: OpenAI's 80 prompts and OpenCLIP's seven "simple" ones, ``{c}`` standing for the class
+name. WordNet ids in class order and the ImageNet-A / ImageNet-R 200-class subsets: as in LAION's
+CLIP_benchmark.
 """
 
 IMAGENET_CLASSNAMES = (
@@ -172,6 +173,12 @@ OPENAI_IMAGENET_TEMPLATES = (
     'a photo of the large {c}.', 'a black and white photo of a {c}.', 'the plushie {c}.', 'a dark photo of a {c}.',
     'itap of a {c}.', 'graffiti of the {c}.', 'a toy {c}.', 'itap of my {c}.', 'a photo of a cool {c}.',
     'a photo of a small {c}.', 'a tattoo of the {c}.',
+)
+
+# OpenCLIP's short list: seven of the 80 (fewer text passes per class).
+SIMPLE_IMAGENET_TEMPLATES = (
+    'itap of a {c}.', 'a bad photo of the {c}.', 'a origami {c}.', 'a photo of the large {c}.',
+    'a {c} in a video game.', 'art of the {c}.', 'a photo of the small {c}.',
 )
 
 IMAGENET_WNIDS = (

@@ -3,10 +3,11 @@
 Every source, built in or read from disk, gives a :class:`Loader`: iterate for endless
 ``{"images", "text", "keys"}`` batches (images uint8, in page-locked memory where CUDA is
 available; the trainer normalises them on its device by :func:`~.transforms.normalise` with the
-loader's ``mean`` and ``std``), ``state_dict()`` for the position after the last batch (passed
-back as ``state`` to continue exactly there) and ``stats()`` for skipped samples by reason.
-:func:`build_train_loader` is the one constructor: a name in :data:`BUILT_IN` (``digits``, ``world``)
-builds that module's loader, anything else a :class:`TrainLoader` over shards, CSV or folders.
+model's preprocessing), ``state_dict()`` for the position after the last batch (passed back as
+``state`` to continue exactly there), ``stats()`` for skipped samples by reason and ``close()``
+to end its worker processes at once (also a context manager; a dropped loader closes itself).
+:func:`build_train_loader` is the one constructor: a built-in source (:mod:`.builtin`) builds
+its own loader, anything else a :class:`TrainLoader` over shards, CSV or folders.
 
 Two ways to count an epoch:
 
@@ -26,11 +27,9 @@ so that the turn order continues, and replays nothing.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
-import os
 import signal
 from collections import Counter
 from typing import Callable, Generator, Protocol, runtime_checkable
@@ -39,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
-from . import CLIP_MEAN, CLIP_STD
+from .builtin import built_in
 from .decode import DeviceDecoder, worker_decoder
 from .samples import DecodeOptions, describe
 from .sources import Source, load_source
@@ -49,20 +48,9 @@ log = logging.getLogger("clipa.data")
 
 STATE_VERSION = 1
 
-# Built-in sources by ``data.source`` name: "module:class" in this package. The class is built as
-# ``cls(image_size, batch_size, tokenize, seed=, state=, rank=, world_size=)`` and is a Loader.
-BUILT_IN = {
-    "digits": "digits:DigitsLoader",
-    "world": "world:WorldLoader",
-}
-
-
 @runtime_checkable
 class Loader(Protocol):
     """What the trainer needs from a training loader."""
-
-    mean: tuple[float, float, float]  # the normalisation of its uint8 images, per channel
-    std: tuple[float, float, float]
 
     # a generator: the trainer closes it when a stage ends or stops, which ends its workers
     def __iter__(self) -> Generator[dict, None, None]: ...
@@ -70,6 +58,8 @@ class Loader(Protocol):
     def state_dict(self) -> dict: ...
 
     def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 def worker_signals(worker_id: int) -> None:
@@ -95,19 +85,18 @@ def check_state(state: dict, version: int, fingerprint: dict) -> None:
 class TrainLoader:
     """Iterable of ``{"images", "text", "keys"}`` batches, forever; see the module docstring."""
 
-    mean, std = CLIP_MEAN, CLIP_STD
-
     def __init__(self, source: Source, cfg: StreamConfig, transform: Callable, tokenize: Callable,
                  num_workers: int, num_samples: int | None, state: dict | None = None,
                  prefetch_factor: int = 4, persistent_workers: bool = True,
-                 device_decoder: DeviceDecoder | None = None):
+                 device_decoder: DeviceDecoder | None = None, pin_memory: bool = False):
         self.source, self.cfg, self.transform, self.tokenize = source, cfg, transform, tokenize
         self.device_decoder = device_decoder  # data.decode: cuda: workers pass JPEG bytes, decoded here
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         # persistent workers outlive an epoch (the dataset counts its passes); without workers it is moot
         self.persistent = persistent_workers and num_workers > 0
-        self.pin_memory = torch.cuda.is_available()  # uint8 batches in page-locked memory: asynchronous copies
+        self.pin_memory = pin_memory  # the runtime's: uint8 batches in page-locked memory, asynchronous copies
         self.plan = ShardPlan(source, cfg)
+        self._batches = None  # the DataLoader iterator whose workers are running, if any
         self.batches_per_epoch = (
             max(1, math.ceil(num_samples / (cfg.batch_size * cfg.world_size))) if cfg.endless else None
         )
@@ -165,35 +154,63 @@ class TrainLoader:
         )
 
     def __iter__(self) -> Generator[dict, None, None]:
-        """uint8 ``[B, 3, S, S]`` images (pinned when CUDA is available; the trainer normalises them
-        on its device), token ids and keys."""
+        """uint8 ``[B, 3, S, S]`` images (pinned for a CUDA runtime; the trainer normalises them
+        on its device), token ids and keys. Closing the generator (or the loader) ends the workers."""
         loader = None
-        while True:
-            if loader is None or not self.persistent:
-                loader = self._dataloader()
-            for item in loader:
-                worker = item.pop("_worker")
-                self.positions[worker] = json.loads(item.pop("_state"))
-                self.next_worker = (worker + 1) % self.cfg.workers
-                if "images" not in item:  # a worker's final position in one-pass mode
-                    continue
-                if isinstance(item["images"], list):  # crops and JPEG bytes: decode those on the device
-                    item["images"] = self.device_decoder(item["images"], item.pop("seeds"))
-                    self.skipped.update(self.device_decoder.skipped)
-                    self.device_decoder.skipped.clear()
-                self.batches += 1
-                if self.batches_per_epoch is not None and self.batches == self.batches_per_epoch:
-                    self._log_epoch()
-                    self.epoch, self.batches = self.epoch + 1, 0
-                yield item
-            self._finish_pass()
+        try:
+            while True:
+                if loader is None or not self.persistent:
+                    loader = self._dataloader()
+                self._batches = iter(loader)
+                yield from self._pass()
+                self._finish_pass()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the worker processes now (their batches and descriptors with them), rather than
+        whenever the garbage collector reaches a dropped loader."""
+        batches, self._batches = getattr(self, "_batches", None), None
+        shutdown = getattr(batches, "_shutdown_workers", None)  # DataLoader's own way out (its __del__ uses it)
+        if shutdown is not None:
+            shutdown()
+
+    def __enter__(self) -> TrainLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _pass(self) -> Generator[dict, None, None]:
+        """The batches of one DataLoader pass (in one-pass mode, one epoch of every worker)."""
+        for item in self._batches:
+            worker = item.pop("_worker")
+            self.positions[worker] = json.loads(item.pop("_state"))
+            self.next_worker = (worker + 1) % self.cfg.workers
+            if "images" not in item:  # a worker's final position in one-pass mode
+                continue
+            if isinstance(item["images"], list):  # crops and JPEG bytes: decode those on the device
+                item["images"] = self.device_decoder(item["images"], item.pop("seeds"))
+                self.skipped.update(self.device_decoder.skipped)
+                self.device_decoder.skipped.clear()
+            self.batches += 1
+            if self.batches_per_epoch is not None and self.batches == self.batches_per_epoch:
+                self._log_epoch()
+                self.epoch, self.batches = self.epoch + 1, 0
+            yield item
 
     def _finish_pass(self) -> None:
         """One-pass mode: every worker has finished its share of this epoch's pass."""
         if self.batches == 0:
+            read = sum(p["emitted"] for p in self.positions) if self.epoch == 0 else None
+            held = f"its {self.cfg.workers} loader worker(s) read {read} sample(s) in all, " if read is not None else ""
             raise EmptySourceError(
                 f"data source {self.source.spec!r} gave rank {self.cfg.rank} no complete batch of "
-                f"{self.cfg.batch_size} in epoch {self.epoch}; skipped: {describe(self.stats())}"
+                f"{self.cfg.batch_size} in epoch {self.epoch}: {held}skipped {describe(self.stats())}, and each worker "
+                "makes batches from its own shards; lower stage.batch_size (or data.workers), or add data"
             )
         self._log_epoch()
         for p in self.positions:
@@ -217,15 +234,17 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     state: dict | None = None,
-    augment: bool = True,
+    pin_memory: bool = False,
 ) -> Loader:
-    """The training loader for ``data``: ``batch_size`` samples per batch on this rank, images
-    at ``image_size``, captions through ``tokenize``, continuing from ``state`` if given.
-    ``augment=False`` crops the centre (sources on disk; the built-in ones ignore it)."""
-    if data.source in BUILT_IN:
-        module, name = BUILT_IN[data.source].split(":")
-        cls = getattr(importlib.import_module(f".{module}", __package__), name)
-        return cls(image_size, batch_size, tokenize, seed=seed, state=state, rank=rank, world_size=world_size)
+    """The training loader for ``data`` (its ``workers`` decided: the stage plan's, from the
+    runtime): ``batch_size`` samples per batch on this rank, images at ``image_size``, captions
+    through ``tokenize``, continuing from ``state`` if given; batches pinned with ``pin_memory``."""
+    builtin = built_in(data.source)
+    if builtin is not None:
+        return builtin.load("loader")(image_size, batch_size, tokenize, seed=seed, state=state, rank=rank,
+                                      world_size=world_size, pin_memory=pin_memory)
+    if data.workers is None:
+        raise ValueError("data.workers is undecided: pass the runtime's worker count (clipa.runtime.resolve_runtime)")
     if data.weights is not None and not data.resampled:
         raise ValueError(
             "data.weights needs data.resampled: true (each weight multiplies the chance of drawing "
@@ -235,25 +254,15 @@ def build_train_loader(
         raise ValueError("data.resampled needs data.num_samples (the samples in an epoch)")
     source = load_source(data.source, data.weights, image_key=data.csv_image_key,
                          caption_key=data.csv_caption_key, separator=data.csv_separator)
-    workers = default_workers() if data.workers is None else data.workers
     cfg = StreamConfig(
-        seed=seed, rank=rank, world_size=world_size, workers=max(1, workers), batch_size=batch_size,
+        seed=seed, rank=rank, world_size=world_size, workers=max(1, data.workers), batch_size=batch_size,
         shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
         endless=data.num_samples is not None or data.resampled,
         decode=DecodeOptions(data.caption_choice, data.max_image_pixels),
     )
     device_decoder = None
-    if data.decode == "cuda" and augment:
+    if data.decode == "cuda":
         device_decoder = DeviceDecoder(image_size, data, "cuda")
         device_decoder.check()  # no GPU or no codec: one line now, not in the first step
-    return TrainLoader(source, cfg, worker_decoder(image_size, data, augment), tokenize, workers, data.num_samples,
-                       state, data.prefetch_factor, data.persistent_workers, device_decoder)
-
-
-def default_workers() -> int:
-    """Loader workers for ``data.workers: null``: the CPU cores this process may run on, shared
-    among the training processes on this machine (torchrun's LOCAL_WORLD_SIZE), less one core
-    for the training loop itself; at least 1, at most 16."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(16, per_process - 1))
+    return TrainLoader(source, cfg, worker_decoder(image_size, data), tokenize, data.workers, data.num_samples,
+                       state, data.prefetch_factor, data.persistent_workers, device_decoder, pin_memory)

@@ -35,6 +35,7 @@ from typing import Iterator
 
 import braceexpand
 
+from ..config import is_remote
 from .samples import IMAGE_EXTS
 from .tar import ShardError, iter_groups
 
@@ -205,8 +206,11 @@ def folder_shards(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(SHARD_SUFFIXES))
 
 
-def _is_remote(spec: str) -> bool:
-    return spec.startswith("pipe:") or "://" in spec
+def _not_a_source(part: str) -> str:
+    """Why a single file that is not a shard or a table cannot be read as training data."""
+    kind = "an image" if part.lower().rsplit(".", 1)[-1] in IMAGE_EXTS else "a file that is not a shard or a table"
+    return (f"data source {part} is {kind}, not a data source: give webdataset shards (.tar, a brace pattern "
+            "or a folder of them), a CSV/TSV file, or a folder of images with captions")
 
 
 def load_source(spec: str, weights: list[float] | None = None, *, image_key: str = "filepath",
@@ -222,10 +226,10 @@ def load_source(spec: str, weights: list[float] | None = None, *, image_key: str
     for i, part in enumerate(parts):
         weight = 1.0 if weights is None else float(weights[i])
         path = Path(os.path.expanduser(part))
-        if not _is_remote(part) and path.is_dir() and (in_folder := folder_shards(path)):
+        if not is_remote(part) and path.is_dir() and (in_folder := folder_shards(path)):
             shards += [Shard(u, weight) for u in in_folder]
             continue
-        if not _is_remote(part) and (path.is_dir() or path.suffix.lower() in (".csv", ".tsv")):
+        if not is_remote(part) and (path.is_dir() or path.suffix.lower() in (".csv", ".tsv")):
             if not path.exists():
                 raise FileNotFoundError(f"data.source: {part} does not exist")
             reader = folder_rows if path.is_dir() else csv_rows
@@ -236,10 +240,12 @@ def load_source(spec: str, weights: list[float] | None = None, *, image_key: str
                 for s in range(0, len(rows), TABLE_SHARD_ROWS)
             ]
             continue
+        if not is_remote(part) and path.is_file() and not part.endswith(SHARD_SUFFIXES):
+            raise ValueError(_not_a_source(part))
         urls = list(braceexpand.braceexpand(part))
-        if not _is_remote(part) and not any(Path(os.path.expanduser(u)).exists() for u in urls):
+        if not is_remote(part) and not any(Path(os.path.expanduser(u)).exists() for u in urls):
             raise FileNotFoundError(f"data.source: no file matches {part!r} ({len(urls)} names tried)")
-        shards += [Shard(u if _is_remote(u) else os.path.expanduser(u), weight) for u in urls]
+        shards += [Shard(u if is_remote(u) else os.path.expanduser(u), weight) for u in urls]
     if not shards:
         raise ValueError(f"data.source {spec!r} has no shards (empty tables?)")
     return Source(spec, shards, tables)

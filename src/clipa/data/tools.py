@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import statistics
 import tarfile
 from collections import Counter
@@ -18,7 +19,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .samples import IMAGE_EXTS, BadSample, DecodeOptions, decode_sample
+from .samples import IMAGE_EXTS, BadSample, DecodeOptions, decode_sample, describe
 from .sources import Source, load_source
 from .tar import ShardError
 
@@ -55,6 +56,7 @@ def convert(source: str, out_dir: str | Path, shard_size: int = 10_000, image_ke
     the first caption, ``KEY.json`` with all captions and the source key) and ``sizes.json``."""
     src = load_source(source, image_key=image_key, caption_key=caption_key, separator=separator)
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     skipped: Counter = Counter()
     sizes: dict[str, int] = {}
@@ -80,6 +82,10 @@ def convert(source: str, out_dir: str | Path, shard_size: int = 10_000, image_ke
             tar = None
     if tar is not None:
         close()
+    if not sizes:  # nothing usable: an empty output is a mistake to report, not a result
+        if created:
+            shutil.rmtree(out)
+        raise ValueError(f"{source} gave no usable sample (skipped: {describe(dict(skipped))}); no shard written")
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
     return {"shards": len(sizes), "samples": sum(sizes.values()), "skipped": dict(skipped)}
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from . import digits
+from .builtin import GREY
 from .transforms import normalise
 
 KINDS = ["ring", "pole", "swan", "ear", "chair", "hook", "snail", "axe", "snowman", "balloon"]  # digit 0..9
@@ -195,8 +196,8 @@ def draw(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tensor:
 
 def render(scenes: list[Scene], glyphs: _Glyphs, image_size: int) -> torch.Tensor:
     """Scenes -> normalised model input [B, 3, image_size, image_size]: :func:`draw`, then the one
-    normalisation with the digits' statistics (as the trainer normalises the loader's batches)."""
-    return normalise(draw(scenes, glyphs, image_size), mean=digits.MEAN, std=digits.STD)
+    normalisation with the digits' statistics (a model trained on the world keeps them, ``builtin.GREY``)."""
+    return normalise(draw(scenes, glyphs, image_size), GREY.mean, GREY.std)
 
 
 class WorldLoader:
@@ -216,12 +217,12 @@ class WorldLoader:
         state: dict | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pin_memory: bool = False,
     ):
         self.glyphs = _Glyphs("train")
         self.image_size, self.batch_size, self.tokenize, self.seed = image_size, batch_size, tokenize, seed
         self.rank, self.world_size = rank, world_size
-        self.mean, self.std = digits.MEAN, digits.STD  # what the trainer normalises these images with
-        self.pin_memory = torch.cuda.is_available()
+        self.pin_memory = pin_memory
         self.index = state["index"] if state else 0
 
     def state_dict(self) -> dict:
@@ -229,6 +230,9 @@ class WorldLoader:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+    def close(self) -> None:
+        """Nothing to end: scenes are drawn in this process."""
 
     def global_batch(self, index: int) -> tuple[list[Scene], list[str]]:
         """Batch ``index``'s scenes and captions, every rank's share."""

@@ -2,10 +2,11 @@
 
 from .linear_probe import linear_probe
 from .retrieval import evaluate_retrieval, retrieval_metrics
-from .runner import evaluate_set, run_evals
+from .runner import EvalOptions, evaluate_run, evaluate_set
 from .zeroshot import build_classifier, classification_metrics, evaluate_classification
 
 __all__ = [
+    "EvalOptions",
     "build_classifier",
     "classification_metrics",
     "evaluate_classification",
@@ -13,5 +14,5 @@ __all__ = [
     "evaluate_set",
     "linear_probe",
     "retrieval_metrics",
-    "run_evals",
+    "evaluate_run",
 ]

@@ -10,12 +10,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
-def autocast(device: str | torch.device, amp: bool | torch.dtype):
-    """Autocast on request: ``amp=True`` is bf16 (GPU evaluation), a dtype is that dtype (a
-    training run's own precision); fp32 otherwise, as CLIP_benchmark with amp=False."""
-    if amp is False:
+def autocast(device: str | torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` (the runtime's; ``clipa.runtime.Runtime.dtype``), or fp32 for None."""
+    if dtype is None:
         return nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp is True else amp)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def progress(items: Iterable, desc: str, show: bool, total: int | None = None) -> Iterable:
@@ -29,7 +28,7 @@ def encode_texts(
     texts: Sequence[str],
     device: str | torch.device,
     batch_size: int = 256,
-    amp: bool = False,
+    dtype: torch.dtype | None = None,
     show_progress: bool = False,
 ) -> torch.Tensor:
     """L2-normalised text embeddings [N, E] (float32, on ``device``), in the order given."""
@@ -37,7 +36,7 @@ def encode_texts(
     out = []
     for chunk in progress(chunks, "text", show_progress):
         tokens = tokenizer(list(chunk)).to(device)
-        with autocast(device, amp):
+        with autocast(device, dtype):
             out.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     return torch.cat(out)
 
@@ -47,7 +46,7 @@ def encode_images(
     model: Any,
     batches: Iterable[tuple[torch.Tensor, Any]],
     device: str | torch.device,
-    amp: bool = False,
+    dtype: torch.dtype | None = None,
     show_progress: bool = False,
     desc: str = "images",
     total: int | None = None,
@@ -55,7 +54,7 @@ def encode_images(
     """L2-normalised image embeddings [N, E] (float32, CPU) and the batches' second items, in order."""
     feats, extras = [], []
     for images, extra in progress(batches, desc, show_progress, total):
-        with autocast(device, amp):
+        with autocast(device, dtype):
             emb = model.encode_image(images.to(device))
         feats.append(F.normalize(emb.float(), dim=-1).cpu())
         extras.append(extra)

@@ -37,12 +37,12 @@ def evaluate_retrieval(
     device: str | torch.device,
     ks: Sequence[int] = (1, 5, 10),
     text_batch_size: int = 256,
-    amp: bool = False,
+    dtype: torch.dtype | None = None,
     show_progress: bool = False,
     total: int | None = None,
 ) -> dict[str, float]:
     """Recall@k over ``(images, captions per image)`` batches."""
-    img, caption_lists = encode_images(model, batches, device, amp, show_progress, "retrieval", total)
+    img, caption_lists = encode_images(model, batches, device, dtype, show_progress, "retrieval", total)
     captions = [list(c) for batch in caption_lists for c in batch]
     if len(captions) != len(img):
         raise ValueError(f"{len(img)} images but {len(captions)} caption lists")
@@ -50,5 +50,5 @@ def evaluate_retrieval(
     owner = torch.tensor([i for i, cs in enumerate(captions) for _ in cs])
     if not texts:
         raise ValueError("retrieval needs at least one caption")
-    txt = encode_texts(model, tokenizer, texts, device, text_batch_size, amp, show_progress).cpu()
+    txt = encode_texts(model, tokenizer, texts, device, text_batch_size, dtype, show_progress).cpu()
     return retrieval_metrics(txt @ img.T, owner, ks)

@@ -1,17 +1,27 @@
-"""Run one evaluation task on one data set, and format the results as CLIP_benchmark does,
-with how many samples were scored and how many skipped (by reason)."""
+"""Run evaluations: one task on one data set (:func:`evaluate_set`), what a run evaluates
+(:func:`evaluate_run`, during training and under ``clipa eval RUN``), and the results as
+CLIP_benchmark writes them, with how many samples were scored and how many skipped (by reason).
+
+Every evaluation takes one :class:`EvalOptions`: the runtime (device, precision, loader
+workers) and the evaluation's own settings, resolved once by the caller.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from ..config import EvalConfig
+from ..data.builtin import built_in
 from ..data.eval_sets import EvalSet, Tally, batches, num_batches, open_data
+from ..data.transforms import build_eval_transform
+from ..runtime import Runtime
 from .features import encode_images
 from .linear_probe import holdout_split, linear_probe
 from .retrieval import evaluate_retrieval
@@ -25,14 +35,41 @@ BENCHMARK_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_
                   "linear-probe": "linear_probe"}
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation runs: the same for training-time evaluation and ``clipa eval``."""
+
+    runtime: Runtime
+    """Device, autocast dtype and loader workers (``clipa.runtime.resolve_runtime``)."""
+    batch_size: int = 256
+    """Images (and texts) per batch."""
+    max_samples: int | None = None
+    """Score at most this many samples per set, evenly spaced over it; None: all."""
+    recall_k: tuple[int, ...] = (1, 5, 10)
+    """Retrieval: the k of recall@k."""
+    show_progress: bool = False
+    """Progress bars."""
+
+    @classmethod
+    def during_training(cls, runtime: Runtime, cfg: EvalConfig) -> EvalOptions:
+        """A training run's evaluation: its runtime, ``eval.batch_size`` and ``eval.max_samples``."""
+        return cls(runtime, cfg.batch_size, cfg.max_samples)
+
+
 def default_task(evalset: EvalSet) -> str:
     return "retrieval" if evalset.kind == "retrieval" else "zeroshot"
 
 
-def _features(model, evalset: EvalSet, tally: Tally, device, batch_size: int, workers: int, show: bool,
-              amp: bool):
-    feats, labels = encode_images(model, batches(evalset, batch_size, workers, tally), device, amp, show,
-                                  f"{evalset.name} features", num_batches(evalset, batch_size))
+def eval_transform(model: Any) -> Callable:
+    """The model's own evaluation transform: its image size, its preprocessing."""
+    return build_eval_transform(model.visual.image_size, model.cfg.preprocess)
+
+
+def _features(model, evalset: EvalSet, tally: Tally, options: EvalOptions):
+    rt = options.runtime
+    feats, labels = encode_images(model, batches(evalset, options.batch_size, rt.workers, tally), rt.device,
+                                  rt.dtype, options.show_progress, f"{evalset.name} features",
+                                  num_batches(evalset, options.batch_size))
     return feats, torch.cat([torch.as_tensor(y) for y in labels])
 
 
@@ -47,12 +84,7 @@ def evaluate_set(
     tokenizer: Callable[[list[str]], torch.Tensor],
     evalset: EvalSet,
     task: str,
-    device: str | torch.device,
-    batch_size: int = 256,
-    workers: int = 0,
-    show_progress: bool = False,
-    amp: bool = False,
-    recall_k: Sequence[int] = (1, 5, 10),
+    options: EvalOptions,
     train_set: EvalSet | None = None,
     probe_train_fraction: float = 0.5,
     seed: int = 0,
@@ -70,8 +102,7 @@ def evaluate_set(
     model.eval()
     tally = Tally()
     try:
-        metrics = _evaluate(model, tokenizer, evalset, task, tally, device, batch_size, workers, show_progress,
-                            amp, recall_k, train_set, probe_train_fraction, seed)
+        metrics = _evaluate(model, tokenizer, evalset, task, tally, options, train_set, probe_train_fraction, seed)
     finally:
         model.train(was_training)
     _report(evalset.name, tally)
@@ -79,20 +110,21 @@ def evaluate_set(
     return {**metrics, "samples": {**tally.record(), **drawn}}
 
 
-def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, device, batch_size: int, workers: int,
-              show: bool, amp: bool, recall_k: Sequence[int], train_set: EvalSet | None, probe_train_fraction: float,
-              seed: int) -> dict[str, float]:
+def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, options: EvalOptions,
+              train_set: EvalSet | None, probe_train_fraction: float, seed: int) -> dict[str, float]:
+    rt, size, show = options.runtime, options.batch_size, options.show_progress
     if task == "zeroshot":
-        clf = build_classifier(model, tokenizer, evalset.classnames, evalset.templates, device, batch_size, amp, show)
-        return evaluate_classification(model, clf, batches(evalset, batch_size, workers, tally), device, amp,
-                                       show, num_batches(evalset, batch_size))
+        clf = build_classifier(model, tokenizer, evalset.classnames, evalset.templates, rt.device, size, rt.dtype,
+                               show)
+        return evaluate_classification(model, clf, batches(evalset, size, rt.workers, tally), rt.device, rt.dtype,
+                                       show, num_batches(evalset, size))
     if task == "retrieval":
-        return evaluate_retrieval(model, tokenizer, batches(evalset, batch_size, workers, tally), device, recall_k,
-                                  batch_size, amp, show, num_batches(evalset, batch_size))
-    x, y = _features(model, evalset, tally, device, batch_size, workers, show, amp)
+        return evaluate_retrieval(model, tokenizer, batches(evalset, size, rt.workers, tally), rt.device,
+                                  options.recall_k, size, rt.dtype, show, num_batches(evalset, size))
+    x, y = _features(model, evalset, tally, options)
     if train_set is not None:
         train_tally = Tally()
-        tx, ty = _features(model, train_set, train_tally, device, batch_size, workers, show, amp)
+        tx, ty = _features(model, train_set, train_tally, options)
         _report(train_set.name + " (linear-probe training split)", train_tally)
     else:  # no training split: a stratified hold-out of the evaluation set
         tr, te = holdout_split(y, probe_train_fraction, seed)
@@ -101,13 +133,34 @@ def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, devic
                         show_progress=show)
 
 
-def run_evals(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], eval_cfg: Any,
-              device: str | torch.device, workers: int = 0, amp: bool | torch.dtype = False) -> dict[str, float]:
-    """The training loop's hook: ``eval_cfg.data`` (an ``EvalConfig``) with its default task,
-    read by ``workers`` loader processes, under the run's autocast dtype ``amp``."""
-    evalset = open_data(eval_cfg.data, model.visual.image_size, max_samples=eval_cfg.max_samples)
-    return evaluate_set(model, tokenizer, evalset, default_task(evalset), device, eval_cfg.batch_size,
-                        workers=workers, amp=amp)
+def evaluate_run(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], source: str, eval_data: str | None,
+                 options: EvalOptions) -> tuple[str, str, dict[str, Any]] | None:
+    """What a run evaluates, as (data set name, task, metrics): ``eval_data`` (``eval.data``) with
+    its default task, else the held-out evaluation of a built-in training ``source``; None when
+    the run has neither. The one path of training-time evaluation and ``clipa eval RUN``."""
+    if eval_data is not None:
+        evalset = open_data(eval_data, eval_transform(model), max_samples=options.max_samples)
+        task = default_task(evalset)
+        return evalset.name, task, evaluate_set(model, tokenizer, evalset, task, options)
+    builtin = built_in(source)
+    if builtin is None:
+        return None
+    metrics = builtin.load("evaluate")(model, tokenizer, options)
+    return builtin.name, "zeroshot", metrics
+
+
+def describe_scored(metrics: dict) -> str:
+    """" on 360 images" (", 1,800 captions", "; 2,000 of 10,000 samples, evenly spaced ..."):
+    what an evaluation's figures were measured on, for the training log."""
+    samples = metrics.get("samples")
+    if not isinstance(samples, dict) or "scored" not in samples:
+        return ""
+    text = f" on {samples['scored']:,} images"
+    if samples.get("captions") is not None:
+        text += f", {samples['captions']:,} captions"
+    if skipped := sum(samples.get("skipped", {}).values()):
+        text += f" ({skipped:,} skipped)"
+    return text + (f"; {samples['drawn']}" if samples.get("drawn") else "")
 
 
 def result_record(dataset: str, task: str, metrics: dict[str, Any], model: str, pretrained: str) -> dict:

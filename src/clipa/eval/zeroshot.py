@@ -30,14 +30,14 @@ def build_classifier(
     templates: Sequence[Template],
     device: str | torch.device,
     batch_size: int = 256,
-    amp: bool = False,
+    dtype: torch.dtype | None = None,
     show_progress: bool = False,
 ) -> torch.Tensor:
     """Zero-shot weights [E, C] on ``device``: column c is class c's averaged prompt embedding."""
     if not classnames or not templates:
         raise ValueError("zero-shot classification needs at least one class name and one template")
     texts = [fill(t, c) for c in classnames for t in templates]
-    emb = encode_texts(model, tokenizer, texts, device, batch_size, amp, show_progress)
+    emb = encode_texts(model, tokenizer, texts, device, batch_size, dtype, show_progress)
     emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(emb, dim=-1).T.contiguous()
 
@@ -69,11 +69,11 @@ def evaluate_classification(
     classifier: torch.Tensor,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: str | torch.device,
-    amp: bool = False,
+    dtype: torch.dtype | None = None,
     show_progress: bool = False,
     total: int | None = None,
 ) -> dict[str, float]:
     """Zero-shot top-1 / top-5 accuracy and mean per-class recall over ``(images, labels)`` batches."""
-    feats, labels = encode_images(model, batches, device, amp, show_progress, "zero-shot", total)
+    feats, labels = encode_images(model, batches, device, dtype, show_progress, "zero-shot", total)
     logits = 100.0 * feats @ classifier.float().cpu()
     return classification_metrics(logits, torch.cat([torch.as_tensor(y) for y in labels]))

@@ -25,8 +25,11 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = True) -> tor
     return emb.float()
 
 
-def resample_grid(pos: torch.Tensor, new_hw: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """Bicubic resampling of a learned [prefix + H*W, D] table to a new square-ish grid."""
+def resample_grid(pos: torch.Tensor, new_hw: tuple[int, int], num_prefix: int = 1,
+                  antialias: bool = False) -> torch.Tensor:
+    """Bicubic resampling of a learned [prefix + H*W, D] table to a new square-ish grid.
+    ``antialias`` is OpenCLIP's ``resize_pos_embed`` (torch's antialiased bicubic, PIL's
+    kernel), used where weights are loaded at another resolution."""
     prefix, grid = pos[:num_prefix], pos[num_prefix:]
     old = int(round(grid.shape[0] ** 0.5))
     if old * old != grid.shape[0]:
@@ -34,7 +37,7 @@ def resample_grid(pos: torch.Tensor, new_hw: tuple[int, int], num_prefix: int = 
     if (old, old) == tuple(new_hw):
         return pos
     g = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    g = F.interpolate(g, size=new_hw, mode="bicubic", align_corners=False)
+    g = F.interpolate(g, size=new_hw, mode="bicubic", align_corners=False, antialias=antialias)
     g = g.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], -1).to(pos.dtype)
     return torch.cat([prefix, g], dim=0)
 

@@ -1,4 +1,6 @@
-"""Named model configs (OpenCLIP's names) and ``create_model``, timm style."""
+"""Named model configs (OpenCLIP's names) as keyword data, timm style, and the two ways a state
+dict meets a model: the weights follow the model's sizes (``adapt_state_dict``, for pretrained
+weights) or the model follows the weights' (``load_weights``, for its own trained ones)."""
 
 from __future__ import annotations
 
@@ -100,7 +102,8 @@ def get_model_config(name: str, **overrides: Any) -> ModelConfig:
 
 
 def adapt_state_dict(sd: dict[str, torch.Tensor], model: CLIP) -> dict[str, torch.Tensor]:
-    """Resize position tables to the model's grid and context (bicubic / linear)."""
+    """Resize position tables to the model's grid and context (bicubic / linear), as OpenCLIP's
+    ``load_checkpoint`` does."""
     sd = dict(sd)
     key = "visual.positional_embedding"
     own = model.visual.positional_embedding
@@ -109,24 +112,39 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: CLIP) -> dict[str, torc
             sd[key] = own.detach().clone()
         else:
             g = model.visual.cfg.grid_size
-            sd[key] = resample_grid(sd[key], (g, g))
+            sd[key] = resample_grid(sd[key], (g, g), antialias=True)  # as OpenCLIP loads weights
     if "positional_embedding" in sd and sd["positional_embedding"].shape != model.positional_embedding.shape:
         sd["positional_embedding"] = resample_1d(sd["positional_embedding"], model.context_length)
     return sd
 
 
-def load_weights(model: CLIP, sd: dict[str, torch.Tensor]) -> None:
+def load_strict(model: CLIP, sd: dict[str, torch.Tensor], source: object):
+    """``model.load_state_dict(sd, strict=True)`` (its result: no missing or unexpected keys), its
+    mismatch one line naming ``source``, the counts and the first few keys (a file of a million
+    stray keys is not printed whole)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {list(sd[k].shape)} (model {list(own[k].shape)})" for k in own
+              if k in sd and hasattr(sd[k], "shape") and sd[k].shape != own[k].shape]
+    problems = [f"{len(keys)} {what} ({', '.join(str(k)[:80] for k in keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("unexpected keys", unexpected), ("missing keys", missing),
+                                   ("shapes that differ", shapes)) if keys]
+    if problems:
+        raise ValueError(f"{source} does not hold this model's weights: {'; '.join(problems)}")
+    return model.load_state_dict(sd, strict=True)
+
+
+def load_weights(model: CLIP, sd: dict[str, torch.Tensor], source: object = "the weights") -> None:
     """Move a model to the image grid and text length the weights were saved at, then load
     them (strict): the converse of ``adapt_state_dict``, for a model's own trained weights."""
+    for key in ("visual.positional_embedding", "positional_embedding"):
+        if key not in sd:
+            raise ValueError(f"{source} does not hold this model's weights: it has no {key}")
     g = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
     size = g * model.visual.cfg.patch_size
     if size != model.visual.image_size:
         model.visual.set_image_size(size)
     if sd["positional_embedding"].shape[0] != model.context_length:
         model.set_context_length(sd["positional_embedding"].shape[0])
-    model.load_state_dict(sd, strict=True)
-
-
-def create_model(name: str, **overrides: Any) -> CLIP:
-    """Build a registered model with fresh weights (``clipa.create_model`` adds ``pretrained``)."""
-    return CLIP(get_model_config(name, **overrides))
+    load_strict(model, sd, source)

@@ -34,6 +34,9 @@ class Attention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        # nn.MultiheadAttention's own initialisation (OpenCLIP's image tower keeps it)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         b, n, w = x.shape
@@ -85,7 +88,9 @@ class Transformer(nn.Module):
         return x
 
     def init_weights(self) -> None:
-        """OpenCLIP's initialisation: depth-scaled projections, width-scaled inputs."""
+        """OpenCLIP's text-tower initialisation: depth-scaled projections, width-scaled inputs.
+        Its image tower keeps PyTorch's defaults (``nn.MultiheadAttention`` and ``nn.Linear``),
+        and so does clipa's (``models/clip.py``)."""
         attn_std = self.width**-0.5
         proj_std = attn_std * (2 * len(self.resblocks)) ** -0.5
         fc_std = (2 * self.width) ** -0.5

@@ -1,13 +1,11 @@
-"""AdamW with decay on weight matrices only, and a warm-up + cosine learning-rate schedule."""
+"""AdamW with decoupled weight decay on weight matrices only (the schedule is the stage plan's ``LRSchedule``)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 
-from ..config import OptimConfig, StageConfig
+from ..config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -23,27 +21,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, stage: StageConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.AdamW:
+    """Fused AdamW over ``model``'s trainable parameters at learning rate ``lr``."""
     return torch.optim.AdamW(
         param_groups(model, optim.weight_decay),
-        lr=stage.lr,
+        lr=lr,
         betas=(optim.beta1, optim.beta2),
         eps=optim.eps,
         # one kernel over all tensors on CPU and CUDA, and it can skip a step on the device
         # (found_inf), which train/step.py uses for non-finite steps
         fused=True,
     )
-
-
-def lr_at(step: int, total: int, stage: StageConfig) -> float:
-    """Linear warm-up to ``stage.lr`` then cosine decay to ``stage.min_lr`` (or constant)."""
-    if stage.warmup > 0 and step < stage.warmup:
-        return stage.lr * (step + 1) / stage.warmup
-    if stage.schedule == "constant":
-        return stage.lr
-    span = max(1, total - stage.warmup)
-    progress = min(1.0, (step - stage.warmup) / span)
-    return stage.min_lr + 0.5 * (stage.lr - stage.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -4,10 +4,11 @@
   folder. Rank 0 holds it while the run lives and refreshes it every ``HEARTBEAT_S``; a lock
   whose process is gone (same host), or that has not been refreshed for ``STALE_AFTER_S``
   (another host), was left by a crash and is removed.
-- **One run's checkpoints**: a new run (``train.resume`` unset) into a folder holding
-  checkpoints stops with an error, unless ``train.overwrite`` deletes them first.
-  ``train.resume=auto`` continues them only if they are this run's (the same settings, up to
-  how it executes); ``latest`` continues them whatever they are.
+- **One run**: a new run (``train.resume`` unset, or ``auto`` finding no checkpoint) into a
+  folder holding checkpoints stops with an error, unless ``train.overwrite`` deletes them
+  first; into a folder holding another run's ``config.json`` (a run stopped before its first
+  checkpoint) likewise. The same run's ``config.json`` is a restart from step 0, said so. Which
+  checkpoint a resume continues, and whether it is this run's, is ``resume``'s one decision.
 - Half-written checkpoint folders of dead writers are removed at the start (safe: the lock
   says no other writer is alive).
 """
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import checkpoint
-from ..config import ConfigError, RunConfig
-from .resume import change_text, changes, is_execution
+from ..config import ConfigError, RunConfig, from_dict, to_dict, validate
+from .resume import ResumePoint, change_text, other_run
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 
@@ -101,25 +103,40 @@ def locked(out: Path, log: Callable[[str], None]) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def differences(saved: RunConfig, cfg: RunConfig) -> list[str]:
-    """The settings (as ``key: saved -> now``) in which ``cfg`` is another run than ``saved``:
-    anything but where and how it executes (``resume.is_execution``)."""
-    return [change_text(*c) for c in changes(saved, cfg) if not is_execution(c[0])]
+def run_record(cfg: RunConfig) -> dict:
+    """``config.json``: the run's config, without how this invocation started it (``train.resume``,
+    ``train.overwrite``), so that it reads back as the run's own recipe."""
+    tree = to_dict(cfg)
+    tree["train"].update(resume=None, overwrite=False)
+    return tree
 
 
-def prepare(out: Path, cfg: RunConfig, log: Callable[[str], None]) -> Path | None:
-    """Rank 0, holding the lock: apply the folder rules and return the step folder to resume
-    from (None: start afresh). Makes sure ``out/checkpoints`` can be written."""
+def _saved_run(out: Path) -> RunConfig | None:
+    """The run a folder's ``config.json`` describes (None without one), read as data."""
+    file = out / CONFIG_FILE
+    if not file.exists():
+        return None
+    try:
+        cfg = from_dict(RunConfig, json.loads(file.read_text()))
+        validate(cfg)
+    except (ValueError, TypeError) as e:
+        raise RunFolderError(f"{file}: unreadable run config ({' '.join(str(e).split())}); move it away, "
+                             "or start over with train.overwrite=true") from None
+    return cfg
+
+
+def prepare(out: Path, cfg: RunConfig, resume: ResumePoint | None, log: Callable[[str], None]) -> None:
+    """Rank 0, holding the lock: apply the folder rules for ``cfg`` continuing ``resume`` (None:
+    starting afresh). Makes sure ``out/checkpoints`` can be written."""
     ckpts = out / "checkpoints"
-    resume, overwrite = cfg.train.resume, cfg.train.overwrite
-    if overwrite and resume is not None:
-        raise ConfigError(f"train.overwrite=true starts afresh; train.resume={resume} continues: give one")
+    if cfg.train.overwrite and cfg.train.resume is not None:
+        raise ConfigError(f"train.overwrite=true starts afresh; train.resume={cfg.train.resume} continues: give one")
     existing = checkpoint.step_folders(ckpts)
-    if overwrite and (existing or (out / "results.jsonl").exists()):
+    if cfg.train.overwrite and (existing or (out / "results.jsonl").exists() or (out / CONFIG_FILE).exists()):
         log(f"train.overwrite=true: deleting the previous run's checkpoints and logs in {out}")
         for name in ("checkpoints", "tb"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("results.jsonl", "config.json"):
+        for name in ("results.jsonl", CONFIG_FILE):
             (out / name).unlink(missing_ok=True)
         existing = []
     if resume is None and existing:
@@ -127,19 +144,17 @@ def prepare(out: Path, cfg: RunConfig, log: Callable[[str], None]) -> Path | Non
             f"{out} holds another run's checkpoints (newest: {existing[0].name}): continue it with "
             "train.resume=latest or auto, start over with train.overwrite=true, or choose another train.output_dir"
         )
+    if resume is None and (saved := _saved_run(out)) is not None:
+        changed = [change_text(*c) for c in other_run(saved, cfg)]
+        if changed:
+            raise RunFolderError(
+                f"{out} holds another run's {CONFIG_FILE} and no checkpoint ({'; '.join(changed[:3])}): start over "
+                "with train.overwrite=true, or choose another train.output_dir")
+        log(f"{out} holds this run's {CONFIG_FILE} but no checkpoint: starting it from step 0")
     removed = checkpoint.remove_temporaries(ckpts)
     if removed:
         log(f"removed half-written checkpoints of an earlier run that died: {', '.join(removed)}")
     _check_writable(ckpts)
-    path = checkpoint.resume_from(resume, ckpts, log)
-    if resume == "auto" and path is not None:
-        changed = differences(checkpoint.run_config(checkpoint.resolve(path)), cfg)
-        if changed:
-            raise RunFolderError(
-                f"train.resume=auto: {out} holds the checkpoints of another run ({'; '.join(changed[:3])}); "
-                "continue them anyway with train.resume=latest, or start over with train.overwrite=true"
-            )
-    return path
 
 
 def _check_writable(folder: Path) -> None:

@@ -15,9 +15,6 @@ also checks the weights themselves, on the device.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Sequence
@@ -27,63 +24,8 @@ import torch.nn as nn
 
 from .. import distributed
 from ..bigbatch import forward_backward
-from ..config import Precision, TrainConfig
 from ..data.transforms import normalise
 from ..loss import MAX_LOGIT_SCALE, LossFn
-
-
-def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``train.precision`` asks for on ``device`` (None: fp32). "auto" is
-    bf16 on a GPU that has it (Ampere and newer), fp16 on older GPUs (V100, T4), fp32 on CPU."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep the memory a step frees. By default each block over a few MiB
-    (activations, gradients) is mapped for it and unmapped when freed, so every step faults its
-    pages back in, zero-filled by the kernel: about 200,000 faults and 5% of the CPU time of a
-    ViT-B/16 step on two cores (measured around single steps, with and without). False where
-    the C library is not glibc (nothing changed)."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt's parameter numbers (malloc.h)
-    # big blocks from the heap rather than their own mappings, and the heap's free top kept
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
-    """The fast paths, on by default. CUDA: TF32 tensor cores for fp32 matmuls and
-    convolutions, and cuDNN's per-shape algorithm search (the patch embedding is a
-    convolution). CPU: freed memory kept for the next step (``keep_freed_memory``)."""
-    if device.type == "cpu" and cfg.keep_host_memory:
-        keep_freed_memory()
-    if device.type != "cuda":
-        return
-    torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
-    torch.backends.cudnn.allow_tf32 = cfg.tf32
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-
-
-def compile_towers(model: nn.Module, per_block: bool = False) -> None:
-    """``train.compile``: torch.compile the two towers in place (the state dict keeps its keys).
-
-    The image tower compiles all of its forward but the draw of the kept patches (a
-    ``torch.Generator`` cannot enter a graph), so every reduction strategy is one graph; the
-    text tower compiles its blocks. With ``per_block`` (FSDP, whose units are the blocks)
-    each transformer block is compiled on its own, as torchtitan does.
-    """
-    if per_block:
-        for tower in (model.visual.transformer, model.transformer):
-            for block in tower.resblocks:
-                block.compile()
-        return
-    model.visual.compile()
-    model.transformer.compile()
 
 
 @dataclass
@@ -105,9 +47,10 @@ class TrainStep:
     """``step(images, text)`` runs one optimizer step and returns its loss as a device tensor.
 
     ``wrapped`` is the model as trained (maybe DDP/FSDP), ``temperature`` its ``logit_scale``
-    (clamped at ln 100 after each step), ``optimizer`` a fused AdamW
-    (``train.optim.build_optimizer``). ``dtype`` is the autocast dtype (None: fp32); fp16
-    adds a gradient scaler. ``no_sync`` and ``generators`` are passed to
+    parameter t, kept in [0, ln 100] (clamped here and after each step: the losses take
+    ``exp(t)`` as it is, so this is the cap at 100), ``optimizer`` a fused AdamW
+    (``train.optim.build_optimizer``). ``device`` and ``dtype`` are the runtime's
+    (``clipa.runtime.Runtime``; dtype None: fp32); fp16 adds a gradient scaler. ``no_sync`` and ``generators`` are passed to
     ``forward_backward`` (microbatches).
     """
 
@@ -131,6 +74,7 @@ class TrainStep:
         self.wrapped, self.temperature, self.optimizer, self.loss_fn = wrapped, temperature, optimizer, loss_fn
         self.device, self.microbatch_size, self.grad_clip = device, microbatch_size, grad_clip
         self.no_sync, self.generators = no_sync, generators
+        self._clamp_temperature()  # a model loaded beyond the cap starts on it
         self.dtype = dtype
         self.autocast: Callable[[], ContextManager] = (
             nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
@@ -145,9 +89,9 @@ class TrainStep:
     def to_device(self, batch: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Where a loader batch arrives on the device: (images, text). Copies are non-blocking
         (the loaders pin their batches); the uint8 images (a quarter of float32's bytes) are
-        normalised with the loader's ``mean`` and ``std`` and cast to the compute dtype here."""
+        normalised with the model's ``mean`` and ``std`` and cast to the compute dtype here."""
         images = batch["images"].to(self.device, non_blocking=True)
-        return (normalise(images, self.dtype or torch.float32, mean, std),
+        return (normalise(images, mean, std, self.dtype or torch.float32),
                 batch["text"].to(self.device, non_blocking=True))
 
     def __call__(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -171,11 +115,14 @@ class TrainStep:
             del self.optimizer.found_inf
         if self.scaler is not None:
             self.scaler.update()  # halves the scale after an overflow, grows it after a quiet stretch
-        with torch.no_grad():
-            self.temperature.clamp_(0, MAX_LOGIT_SCALE)
+        self._clamp_temperature()
         self._count(bad)
         self._loss = loss
         return loss
+
+    @torch.no_grad()
+    def _clamp_temperature(self) -> None:
+        self.temperature.clamp_(0, MAX_LOGIT_SCALE)
 
     def _count(self, bad: torch.Tensor) -> None:
         b = bad.to(self.device, torch.int64)
