@@ -14,6 +14,7 @@ import torch.distributed.checkpoint as dcp
 
 import clipa
 from clipa import checkpoint as ckpt
+from clipa.checksums import ChecksumError, write_checksums
 from clipa.config import ConfigError, load_config, to_dict
 from clipa.distributed import DistInfo
 from clipa.train.resume import locate
@@ -41,6 +42,7 @@ def run(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save({"model": model.state_dict()}, checkpoint_id=sharded / ckpt.SHARDED_DIR, no_dist=True)
+    write_checksums(sharded)
     return root, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -73,8 +75,10 @@ def test_resolve_errors_name_the_path(tmp_path):
     damaged = tmp_path / "step_00000001"
     damaged.mkdir()
     (damaged / "state.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=f"checkpoint {damaged} is damaged"):
-        ckpt.resolve(tmp_path)
+    # resolve names where the checkpoint is; opening it checks what it holds and names the file
+    assert ckpt.resolve(tmp_path) == ckpt.Found("single", damaged)
+    with pytest.raises(ChecksumError, match=f"{tmp_path}: no intact checkpoint"):
+        clipa.load_model(tmp_path)
 
 
 @pytest.mark.parametrize("where", ["run", "checkpoints", "single", "sharded"])

@@ -333,8 +333,11 @@ def test_a_crafted_sharded_checkpoint_runs_no_code_anywhere(tmp_path, capsys):
     assert main(["export", str(step), "--output", str(tmp_path / "exported")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("clipa: error: ") and err.count("\n") == 1 and "refused" in err
-    with pytest.raises(UnsafeCheckpointError):
+    # A resume refuses an unverified folder before reading it; told to trust it, the safe reader refuses.
+    with pytest.raises(ConfigError, match="train.resume_unverified=true"):
         Trainer(resumed).fit()
+    with pytest.raises(UnsafeCheckpointError):
+        Trainer(cfg(tmp_path / "new", f"train.resume={step}", "train.resume_unverified=true")).fit()
     assert not marker.exists()
 
 

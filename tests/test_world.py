@@ -131,7 +131,7 @@ def test_attribute_tasks_vary_one_attribute_of_the_true_phrase(monkeypatch):
     def one_hot(words):
         return F.normalize(torch.tensor([[float(w in words) for w in vocab]]), dim=-1)
 
-    def encode_texts(model, tokenizer, texts, device):
+    def encode_texts(model, tokenizer, texts, device, dtype=None):
         return torch.cat([one_hot(t.rstrip(".").split()) for t in texts])
 
     monkeypatch.setattr(eval_world_mod, "encode_texts", encode_texts)
@@ -236,3 +236,32 @@ def test_evaluation_renders_at_the_towers_current_size(monkeypatch):
     monkeypatch.setattr(eval_world_mod, "eval_world", lambda size: sizes.append(size) or real(size))
     eval_world_mod.evaluate_world(model, tokenizer_for(model), "cpu")
     assert sizes == [48] and model.cfg.vision.image_size == 32
+
+
+def test_evaluation_honours_max_samples_and_dtype(monkeypatch):
+    """``max_samples`` keeps that many of each held-out set, evenly spaced (the world's three
+    sets: 3 + 3 + 3 of them here), and every encoder call runs in the runtime's dtype."""
+    import clipa.eval.world as eval_world_mod
+    from clipa.tokenizer import tokenizer_for
+
+    model = clipa.create_model("clipa-tiny", text={"context_length": 32})
+    dtypes, counts = [], []
+    real_images, real_texts = eval_world_mod.encode_images, eval_world_mod.encode_texts
+
+    def images(model, batches, device, dtype=None, **kw):
+        dtypes.append(dtype)
+        feats, extras = real_images(model, batches, device, dtype, **kw)
+        counts.append(len(feats))
+        return feats, extras
+
+    def texts(*args, dtype=None, **kw):
+        dtypes.append(dtype)
+        return real_texts(*args, dtype=dtype, **kw)
+
+    monkeypatch.setattr(eval_world_mod, "encode_images", images)
+    monkeypatch.setattr(eval_world_mod, "encode_texts", texts)
+    got = eval_world_mod.evaluate_world(model, tokenizer_for(model), "cpu", 8, torch.bfloat16, max_samples=3)
+    assert counts == [3, 3, 3]
+    assert set(dtypes) == {torch.bfloat16}
+    assert got["samples"]["scored"] == 9 and "evenly spaced" in got["samples"]["drawn"]
+    assert 0 <= got["object_acc1"] <= 1

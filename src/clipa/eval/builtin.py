@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
-
 from ..data.eval_sets import describe_subset, spread
 from ..data.transforms import normalise
 from .runner import EvalOptions
@@ -43,6 +41,5 @@ def evaluate_world(model: Any, tokenizer: Callable, options: EvalOptions) -> dic
     """The world's zero-shot tasks and retrieval on its held-out scenes (``eval.world``)."""
     from .world import evaluate_world as world_tasks
 
-    with torch.autocast(options.runtime.device.type, dtype=options.runtime.dtype,
-                        enabled=options.runtime.dtype is not None):
-        return world_tasks(model, tokenizer, options.runtime.device, options.batch_size)
+    rt = options.runtime
+    return world_tasks(model, tokenizer, rt.device, options.batch_size, rt.dtype, options.max_samples)
