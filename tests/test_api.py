@@ -90,8 +90,6 @@ def test_every_registry_name_builds_openclips_model():
 @pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"])
 def test_quickgelu_variants_match_openclip(name):
     """OpenAI's released weights use QuickGELU; the -quickgelu names build it."""
-    if name not in clipa.list_models():
-        pytest.skip(f"{name} is not registered in this checkout")
     cfg = open_clip.get_model_config(name)
     cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 1
     torch.manual_seed(0)
