@@ -162,11 +162,12 @@ def h100_pairs_per_second() -> tuple[float, str]:
     from clipa import flops
     from clipa.config import load_config
     from clipa.models.registry import get_model_config
+    from clipa.train.stage import resolve_stages
 
     cfg = load_config(RECIPE)
-    stage, model = cfg.stages[0], get_model_config(cfg.model)
-    grid = stage.image_size // model.vision.patch_size
-    step = flops.pair_flops(model, stage.image_size, flops.kept_patches(grid * grid), stage.text_length).train_step
+    model = get_model_config(cfg.model)
+    stage = resolve_stages(cfg, model)[0]
+    step = flops.pair_flops(model, stage.image_size, stage.seen_patches, stage.text_length).train_step
     what = f"{cfg.model} at {stage.image_size} px, {stage.text_length} text tokens: {step / 1e9:.0f} GFLOPs/pair"
     return H100_BF16_TFLOPS * 1e12 * MFU / step, what
 
