@@ -74,7 +74,7 @@ def test_compiled_towers_give_the_eager_embeddings_and_gradients():
     images, text = batch()
     outs = []
     for m in (eager, compiled):
-        img, txt, t, _ = m(images, text)
+        img, txt, _ = m(images, text)  # OpenCLIP's forward: features and exp(temperature)
         (img.square().sum() + (img @ txt.T).sum()).backward()
         outs.append([img.detach(), txt.detach()] + [p.grad for p in m.parameters() if p.grad is not None])
     for a, b in zip(*outs):

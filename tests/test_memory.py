@@ -408,11 +408,12 @@ def test_plan_command_errors_are_one_line(capsys, args, message):
 # ----------------------------------------------------------------------------- auto, end to end
 
 # The child trains with train.microbatch_size=auto and reports the memory of its training
-# steps as a GPU would hold it: the RSS high-water mark over the steps (restarted at the
-# first), less the RSS before it, plus the model's parameters, allocated before.
+# steps as a GPU would hold it: the RSS high-water mark read as each step returns (restarted
+# at the first step), less the RSS before that step, plus the model's parameters, allocated
+# before. Read per step, not at the end of the run: the evaluation and checkpoint writes
+# after the last step are no part of the budget.
 AUTO_CHILD = textwrap.dedent("""
-    import json, resource, sys
-    import torch
+    import json, sys
     from clipa.config import load_config
     from clipa.train import step, trainer
 
@@ -420,21 +421,26 @@ AUTO_CHILD = textwrap.dedent("""
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
 
-    seen, call = {}, step.TrainStep.__call__
+    def high_water():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+    seen, call = {"peak": 0}, step.TrainStep.__call__
 
     def counted(self, images, text):
-        if not seen:
+        if "before" not in seen:
             seen["before"] = rss()
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # the RSS high-water mark starts again here
-        return call(self, images, text)
+        out = call(self, images, text)
+        seen["peak"] = max(seen["peak"], high_water())
+        return out
 
     step.TrainStep.__call__ = counted
     run = trainer.Trainer(load_config(None, sys.argv[1:]))
     params = sum(p.nbytes for p in run.model.parameters())
     run.fit()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"training": peak - seen["before"] + params}))
+    print(json.dumps({"training": seen["peak"] - seen["before"] + params}))
 """)
 
 

@@ -426,9 +426,11 @@ class RunConfig:
     """Weights to start from."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
-    # The built-in default: a small CLIP on the digits, about a minute on two CPU cores.
+    # The built-in default: a small CLIP on the digits, about a minute and a half on two CPU
+    # cores. Warmup 60 of its 128 steps: with 20, lr 2e-3 hit the tower before it had settled and
+    # the held-out top-1 swung with the seed (73% at seed 0); with 60, seeds 0/1/2 give 97.5/97.5/97.2%.
     stages: list[StageConfig] = field(
-        default_factory=lambda: [StageConfig(name="main", samples=16384, batch_size=128, lr=2e-3, warmup=20)]
+        default_factory=lambda: [StageConfig(name="main", samples=16384, batch_size=128, lr=2e-3, warmup=60)]
     )
     """Stages run in order; weights carry over, optimizer and schedule restart."""
     optim: OptimConfig = field(default_factory=OptimConfig)
