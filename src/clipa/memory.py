@@ -375,12 +375,21 @@ class TowerActivations:
         return self.backward + (self.block if checkpointing else 0)
 
 
-def _backward_temporaries(tokens: int, width: int, hidden: int, compute: int, residual: int) -> int:
-    """Per sample, what one block's backward holds beyond its saved tensors at its worst
-    moment, the MLP's: the gradient arriving at the block's output (residual dtype), the
-    gradient of the activation and of the pre-activation (hidden wide), less the
-    activation itself, released once the second projection's backward has used it."""
-    return tokens * (residual * width + compute * hidden)
+def _tower(name: str, tokens: int, layers: int, width: int, hidden: int, heads: int, act: str, compute: int,
+           residual: int, ln_saved: int, ends: int) -> TowerActivations:
+    """A tower of ``layers`` alike blocks over ``tokens`` tokens (``residual``: bytes of its
+    residual stream, which is all a checkpointed block keeps). A block's backward holds, at its
+    worst moment (the MLP's), beyond its saved tensors: the gradient arriving at the block's
+    output (residual dtype), the gradients of the activation and of the pre-activation
+    (hidden wide), less the activation itself, released once the second projection's
+    backward has used it."""
+    return TowerActivations(
+        name=name, tokens=tokens, layers=layers,
+        block=block_bytes(tokens, width, hidden, heads, act, compute, ln_saved),
+        checkpointed_block=tokens * residual * width,
+        ends=ends,
+        backward=tokens * (residual * width + compute * hidden),
+    )
 
 
 def vision_activations(s: StepSetup) -> TowerActivations:
@@ -413,13 +422,7 @@ def vision_activations(s: StepSetup) -> TowerActivations:
         ends += 0 if cuda_ln else n * residual * v.width
     elif not v.final_ln_after_pool:
         ends += n * (ln_saved * v.width + 2 * FP32)
-    return TowerActivations(
-        name="image", tokens=n, layers=v.layers,
-        block=block_bytes(n, v.width, hidden, v.heads, v.act, c, ln_saved),
-        checkpointed_block=n * residual * v.width,
-        ends=ends,
-        backward=_backward_temporaries(n, v.width, hidden, c, residual),
-    )
+    return _tower("image", n, v.layers, v.width, hidden, v.heads, v.act, c, residual, ln_saved, ends)
 
 
 def text_activations(s: StepSetup) -> TowerActivations:
@@ -438,13 +441,7 @@ def text_activations(s: StepSetup) -> TowerActivations:
     ends = n * (ln_saved * t.width + 2 * FP32)
     if t.pool in ("last", "first") and not s.autocast:
         ends += n * residual * t.width
-    return TowerActivations(
-        name="text", tokens=n, layers=t.layers,
-        block=block_bytes(n, t.width, hidden, t.heads, t.act, c, ln_saved),
-        checkpointed_block=n * residual * t.width,
-        ends=ends,
-        backward=_backward_temporaries(n, t.width, hidden, c, residual),
-    )
+    return _tower("text", n, t.layers, t.width, hidden, t.heads, t.act, c, residual, ln_saved, ends)
 
 
 def activation_bytes(s: StepSetup, batch: int | None = None) -> int:

@@ -30,49 +30,47 @@ AREA: Rule = ("in (0, 1]", lambda v: _finite(v) and 0 < v <= 1)
 FINITE: Rule = ("a finite number", _finite)
 
 
+# Ranged keys of a run config, as overrides name them (``stages.N.`` before each stage key).
+RUN_RANGES: tuple[tuple[str, Rule], ...] = (
+    ("data.workers", NON_NEGATIVE), ("data.shuffle_buffer", NON_NEGATIVE), ("data.color_jitter_prob", PROBABILITY),
+    ("data.grayscale_prob", PROBABILITY), ("data.num_samples", POSITIVE), ("data.max_image_pixels", POSITIVE),
+    ("optim.beta1", BELOW_ONE), ("optim.beta2", BELOW_ONE), ("optim.eps", POSITIVE),
+    ("optim.weight_decay", NON_NEGATIVE), ("optim.grad_clip", POSITIVE),
+    ("eval.every", NON_NEGATIVE), ("eval.batch_size", POSITIVE), ("eval.max_samples", POSITIVE),
+    ("train.threads", POSITIVE), ("train.checkpoint_every", NON_NEGATIVE), ("train.keep_last", POSITIVE),
+    ("train.timeout_minutes", POSITIVE), ("train.log_every", POSITIVE), ("train.max_bad_steps", POSITIVE),
+)
+STAGE_RANGES: tuple[tuple[str, Rule], ...] = (
+    ("image_size", POSITIVE), ("image_reduction.ratio", BELOW_ONE), ("image_reduction.keep", POSITIVE),
+    ("text_length", POSITIVE), ("samples", POSITIVE), ("batch_size", POSITIVE),
+    ("lr_per_256", POSITIVE),  # before lr: lr is computed from it
+    ("lr", POSITIVE), ("warmup", NON_NEGATIVE), ("min_lr", NON_NEGATIVE),
+)
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
 def _ranges(cfg: RunConfig) -> Iterator[tuple[str, Any, Rule]]:
     """Every ranged value of a run config, by key. A value a type accepts but the run would
     misread (a negative clip flips gradients, a zero length means "the model's") is listed."""
-    d, o, e, t = cfg.data, cfg.optim, cfg.eval, cfg.train
+    d = cfg.data
     for i, w in enumerate(d.weights or []):
         yield f"data.weights.{i}", w, POSITIVE
-    yield "data.workers", d.workers, NON_NEGATIVE
-    yield "data.shuffle_buffer", d.shuffle_buffer, NON_NEGATIVE
     yield "data.scale.0", d.scale[0], AREA
     yield "data.scale.1", d.scale[1], AREA
     for i, j in enumerate(d.color_jitter or ()):
         yield f"data.color_jitter.{i}", j, NON_NEGATIVE
-    yield "data.color_jitter_prob", d.color_jitter_prob, PROBABILITY
-    yield "data.grayscale_prob", d.grayscale_prob, PROBABILITY
-    yield "data.num_samples", d.num_samples, POSITIVE
-    yield "data.max_image_pixels", d.max_image_pixels, POSITIVE
-    for i, s in enumerate(cfg.stages):
-        k = f"stages.{i}"
-        yield f"{k}.image_size", s.image_size, POSITIVE
-        yield f"{k}.image_reduction.ratio", s.image_reduction.ratio, BELOW_ONE
-        yield f"{k}.image_reduction.keep", s.image_reduction.keep, POSITIVE
-        yield f"{k}.text_length", s.text_length, POSITIVE
-        yield f"{k}.samples", s.samples, POSITIVE
-        yield f"{k}.batch_size", s.batch_size, POSITIVE
-        yield f"{k}.lr_per_256", s.lr_per_256, POSITIVE  # first: lr is computed from it
-        yield f"{k}.lr", s.lr, POSITIVE
-        yield f"{k}.warmup", s.warmup, NON_NEGATIVE
-        yield f"{k}.min_lr", s.min_lr, NON_NEGATIVE
-    yield "optim.beta1", o.beta1, BELOW_ONE
-    yield "optim.beta2", o.beta2, BELOW_ONE
-    yield "optim.eps", o.eps, POSITIVE
-    yield "optim.weight_decay", o.weight_decay, NON_NEGATIVE
-    yield "optim.grad_clip", o.grad_clip, POSITIVE
-    yield "eval.every", e.every, NON_NEGATIVE
-    yield "eval.batch_size", e.batch_size, POSITIVE
-    yield "eval.max_samples", e.max_samples, POSITIVE
-    yield "train.microbatch_size", None if t.microbatch_size == "auto" else t.microbatch_size, POSITIVE
-    yield "train.threads", t.threads, POSITIVE
-    yield "train.checkpoint_every", t.checkpoint_every, NON_NEGATIVE
-    yield "train.keep_last", t.keep_last, POSITIVE
-    yield "train.timeout_minutes", t.timeout_minutes, POSITIVE
-    yield "train.log_every", t.log_every, POSITIVE
-    yield "train.max_bad_steps", t.max_bad_steps, POSITIVE
+    for i, stage in enumerate(cfg.stages):
+        for key, rule in STAGE_RANGES:
+            yield f"stages.{i}.{key}", _get(stage, key), rule
+    for key, rule in RUN_RANGES:
+        yield key, _get(cfg, key), rule
+    microbatch = cfg.train.microbatch_size
+    yield "train.microbatch_size", None if microbatch == "auto" else microbatch, POSITIVE
 
 
 def validate(cfg: RunConfig) -> None:
