@@ -20,11 +20,14 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from clipa.config import load_config
+from clipa.eval.world import CHANCE
 from clipa.flops import pair_flops
 from clipa.models import get_model_config
 from clipa.train.trainer import Trainer
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "studies"
+# Where a run writes unless told (--out): beside training runs, untracked. The published tables
+# and plots are docs/studies/ (--out docs/studies rewrites them).
+OUT = Path(__file__).resolve().parents[1] / "runs" / "studies"
 METRICS = ["zeroshot_mean", "object_acc1", "colour_acc1", "size_acc1", "relation_acc1",
            "image_retrieval_recall@1", "image_retrieval_recall@5"]
 HEADLINE = "zeroshot_mean"
@@ -112,7 +115,7 @@ def summarise(rows: list[dict], by: list[str], metric: str = HEADLINE) -> list[d
 
 
 def write(name: str, rows: list[dict], summary: list[dict], seconds: float, out: Path = OUT) -> Path:
-    """``docs/studies/NAME.csv`` (one row per run and stage) and ``NAME.json`` (rows and summary)."""
+    """``OUT/NAME.csv`` (one row per run and stage) and ``NAME.json`` (rows and summary)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -142,7 +145,27 @@ def bars(ax, summary: list[dict], groups: list[str], series: list[str], key: str
             ax.plot([x] * len(dots), dots, "k.", markersize=4)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(metric)
+    chance_and_axis(ax, [r[metric] for r in rows], metric)
     ax.legend()
+
+
+def chance(metric: str) -> float | None:
+    """A metric's chance level on the world (``zeroshot_mean``: the mean of the four tasks')."""
+    if metric == "zeroshot_mean":
+        return sum(CHANCE.values()) / len(CHANCE)
+    return CHANCE.get(metric)
+
+
+def chance_and_axis(ax, values: list[float], metric: str) -> None:
+    """A dashed chance line, and a y axis around the values and chance rather than from 0,
+    which would flatten differences of a few points."""
+    level = chance(metric)
+    if level is not None:
+        ax.axhline(level, color="grey", linestyle="--", linewidth=1, label="chance")
+        values = [*values, level]
+    low, high = min(values), max(values)
+    pad = 0.1 * (high - low) or 0.01
+    ax.set_ylim(low - pad, high + pad)
 
 
 def before_after(name: str, settings: dict[str, dict], a: argparse.Namespace, title: str) -> dict[str, dict]:

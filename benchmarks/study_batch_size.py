@@ -3,7 +3,7 @@
 A micro CLIP trains on the built-in world for the same number of samples at contrastive
 batches of 32 to 4,096; the learning rate scales with the square root of the batch. Batches
 of 1,024 and more run as the BASIC step does: microbatches of 256 re-materialised, the tiled
-linear-memory loss. Writes docs/studies/batch_size.{csv,json,png}; the last line is batch
+linear-memory loss. Writes batch_size.{csv,json,png} to --out (default runs/studies); the last line is batch
 4,096's score over batch 128's.
 
     python benchmarks/study_batch_size.py            # 3 seeds; 2.6 min run alone at load 1.0-1.1 on 2 shared cores
@@ -11,7 +11,7 @@ linear-memory loss. Writes docs/studies/batch_size.{csv,json,png}; the last line
 
 import time
 
-from study import args, print_summary, pyplot, stage, summarise, sweep, write
+from study import args, chance_and_axis, print_summary, pyplot, stage, summarise, sweep, write
 
 SAMPLES, BATCHES, MICROBATCH = 8192, [32, 128, 512, 1024, 4096], 256
 
@@ -41,6 +41,8 @@ def main() -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"contrastive batch ({SAMPLES} samples seen)")
     ax.set_ylabel("zeroshot_mean")
+    chance_and_axis(ax, [r["zeroshot_mean"] for r in rows], "zeroshot_mean")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(a.out / "batch_size.png", dpi=120)
     by = {s["batch"]: s["mean"] for s in summary}

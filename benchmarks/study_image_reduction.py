@@ -3,7 +3,7 @@
 Each strategy keeps 16 of the 64 patch tokens of a micro CLIP on the built-in world for the
 same pretraining samples (so the same compute); "none" sees all 64 tokens for as many samples
 as the same FLOPs buy. Every run then gets the same short full-token fine-tune. Writes
-docs/studies/image_reduction.{csv,json,png}; the last line is resize's gain over the best
+image_reduction.{csv,json,png} (to --out, default runs/studies); the last line is resize's gain over the best
 masking strategy after the fine-tune, in seed standard deviations.
 
     python benchmarks/study_image_reduction.py            # 3 seeds; 2.6 min run alone at load 1.6-2.0 on 2 shared cores

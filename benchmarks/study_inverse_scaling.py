@@ -3,7 +3,7 @@
 Three micro CLIPs (widths 16, 32 and 64, two layers per tower) each train on the built-in world at four image token
 counts (64, 36, 16 and 4 patches: images resized to 32, 24, 16 and 8 px) for the same number of
 samples, then get the same short fine-tune at 32 px. The paper's claim: the larger the image
-encoder, the less accuracy it loses to fewer tokens. Writes docs/studies/inverse_scaling.
+encoder, the less accuracy it loses to fewer tokens. Writes (to --out, default runs/studies) inverse_scaling.
 {csv,json,png}; the last line is the largest model's loss at 16 tokens divided by the
 smallest model's.
 
@@ -12,7 +12,7 @@ smallest model's.
 
 import time
 
-from study import SIZES, args, print_summary, pyplot, stage, summarise, sweep, write
+from study import SIZES, args, chance, chance_and_axis, print_summary, pyplot, stage, summarise, sweep, write
 
 PRETRAIN, FINETUNE = 12288, 2048
 IMAGE_SIZES = {64: 32, 36: 24, 16: 16, 4: 8}  # image tokens: image size at 4 px patches
@@ -54,6 +54,8 @@ def main() -> None:
         ax.set_xlabel("image tokens in pretraining")
         ax.set_title("after pretraining" if phase == "pretrain" else "after the 32 px fine-tune")
     axes[0].set_ylabel("zeroshot_mean")
+    chance_and_axis(axes[0], [r["zeroshot_mean"] for r in rows], "zeroshot_mean")  # sharey: both panels
+    axes[1].axhline(chance("zeroshot_mean"), color="grey", linestyle="--", linewidth=1)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(a.out / "inverse_scaling.png", dpi=120)

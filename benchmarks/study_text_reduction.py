@@ -2,7 +2,7 @@
 
 The world's captions are 9 to 22 tokens (mean about 15); each strategy cuts them to 8 for the
 same pretraining samples, then every run gets the same short fine-tune at the full 32 tokens.
-"full" trains at 32 tokens throughout. Writes docs/studies/text_reduction.{csv,json,png}; the
+"full" trains at 32 tokens throughout. Writes text_reduction.{csv,json,png} to --out (default runs/studies); the
 last line is syntax's gain over truncation after the fine-tune, in seed standard deviations.
 
     python benchmarks/study_text_reduction.py            # 3 seeds; 4.7 min run alone at load 1.4-3.1 on 2 shared cores

@@ -13,7 +13,7 @@ held-out glyphs:
   ring." against the nine other nouns, as zero-shot classifiers usually ask): the colour prior;
 - ``relation_train``: "A sits left of B" against the swapped caption, on training pairs.
 Then the same vision tower is trained supervised on kind (single objects, 128 steps of
-128): can it see the digits at all? Writes docs/studies/world_learning.{csv,json}; the
+128): can it see the digits at all? Writes world_learning.{csv,json} to --out (default runs/studies); the
 last line is object accuracy on held-out pairs after the longest two-head run, over chance.
 
     python benchmarks/study_world_learning.py            # 1 seed; 3 seeds took 23 min at load 1.5-3 on 2 shared cores
