@@ -1,11 +1,11 @@
 """Study: which way of cutting captions trains best (CLIPA section 3.2, Table 2).
 
-The world's captions are 9 to 22 tokens (mean about 15); each strategy cuts them to 8 for the
+The world's captions are 6 to 23 tokens (mean 15, start and end tokens included); each strategy cuts them to 8 for the
 same pretraining samples, then every run gets the same short fine-tune at the full 32 tokens.
 "full" trains at 32 tokens throughout. Writes text_reduction.{csv,json,png} to --out (default runs/studies); the
 last line is syntax's gain over truncation after the fine-tune, in seed standard deviations.
 
-    python benchmarks/study_text_reduction.py            # 3 seeds; 4.7 min run alone at load 1.4-3.1 on 2 shared cores
+    python benchmarks/study_text_reduction.py            # 3 seeds; 1.9 min for the published table (its JSON: 112 s), 4.7 min once at load 1.4-3.1
 """
 
 from study import args, before_after, stage
