@@ -351,11 +351,13 @@ class Tally:
     captions: int | None = None  # captions with them (retrieval sets; None for classification)
     skipped: dict[str, int] = field(default_factory=dict)
 
-    def record(self) -> dict:
-        """``{"scored": n, "skipped": {reason: n, ...}}`` (reasons sorted; none: empty), with
-        ``"captions": n`` after ``scored`` for a retrieval set."""
+    def record(self, drawn: str | None = None) -> dict:
+        """A result's ``"samples"``: ``{"scored": n, "skipped": {reason: n, ...}}`` (reasons
+        sorted; none: empty), with ``"captions": n`` after ``scored`` for a retrieval set and
+        ``"drawn"`` last when a subset was drawn (:func:`describe_subset`)."""
         captions = {} if self.captions is None else {"captions": self.captions}
-        return {"scored": self.scored, **captions, "skipped": dict(sorted(self.skipped.items()))}
+        subset = {} if drawn is None else {"drawn": drawn}
+        return {"scored": self.scored, **captions, "skipped": dict(sorted(self.skipped.items())), **subset}
 
     def __str__(self) -> str:
         return f"{self.scored} samples scored, {sum(self.skipped.values())} skipped ({describe(self.skipped)})"

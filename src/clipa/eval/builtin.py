@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..data.eval_sets import describe_subset, spread
+from ..data.eval_sets import Tally, describe_subset, spread
 from ..data.transforms import normalise
 from .runner import EvalOptions
 from .zeroshot import build_classifier, evaluate_classification
@@ -31,10 +31,7 @@ def evaluate_digits(model: Any, tokenizer: Callable, options: EvalOptions) -> di
     batches = ((images[i:i + size], labels[i:i + size]) for i in range(0, len(labels), size))
     metrics = evaluate_classification(model, classifier, batches, rt.device, rt.dtype)
     model.train(was_training)
-    samples: dict[str, Any] = {"scored": len(labels), "skipped": {}}
-    if (drawn := describe_subset(len(keep), total)) is not None:
-        samples["drawn"] = drawn
-    return {**metrics, "samples": samples}
+    return {**metrics, "samples": Tally(scored=len(labels)).record(describe_subset(len(keep), total))}
 
 
 def evaluate_world(model: Any, tokenizer: Callable, options: EvalOptions) -> dict:

@@ -106,8 +106,7 @@ def evaluate_set(
     finally:
         model.train(was_training)
     _report(evalset.name, tally)
-    drawn = {} if evalset.drawn is None else {"drawn": evalset.drawn}
-    return {**metrics, "samples": {**tally.record(), **drawn}}
+    return {**metrics, "samples": tally.record(evalset.drawn)}
 
 
 def _evaluate(model, tokenizer, evalset: EvalSet, task: str, tally: Tally, options: EvalOptions,

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..data.eval_sets import describe_subset, spread
+from ..data.eval_sets import Tally, describe_subset, spread
 from ..data.world import COLOURS, EVAL_TEMPLATES, KINDS, SIZES, eval_world
 from .features import encode_images, encode_texts
 from .retrieval import retrieval_metrics
@@ -87,8 +87,5 @@ def evaluate_world(model: Any, tokenizer: Callable, device: torch.device | str, 
     txt = encode_texts(model, tokenizer, captions, device, batch_size, dtype=dtype).cpu()
     metrics.update(retrieval_metrics(txt @ img.T, torch.arange(len(img)), ks=(1, 5)))
     model.train(was_training)
-    total = len(data.single) + len(data.pairs) + len(data.retrieval)
-    samples: dict[str, Any] = {"scored": len(single) + len(pairs) + len(scenes), "skipped": {}}
-    if (drawn := describe_subset(samples["scored"], total)) is not None:
-        samples["drawn"] = drawn
-    return {**metrics, "samples": samples}
+    scored, total = len(single) + len(pairs) + len(scenes), len(data.single) + len(data.pairs) + len(data.retrieval)
+    return {**metrics, "samples": Tally(scored=scored).record(describe_subset(scored, total))}
