@@ -162,15 +162,18 @@ def _check_length(file: Path) -> None:
         raise ChecksumError(f"{file}: truncated or not a safetensors file ({size} bytes)")
 
 
-def newest_intact(root: Path, log: Callable[[str], None]) -> tuple[Path, bool] | None:
-    """The newest step folder under ``root`` that ``verify`` passes, with ``verify``'s answer;
-    each damaged newer one is skipped with a warning through ``log`` naming it and what is wrong."""
+def newest_intact(root: Path, log: Callable[[str], None]) -> tuple[tuple[Path, bool] | None, list[str]]:
+    """The newest step folder under ``root`` that ``verify`` passes, with ``verify``'s answer
+    (None: none does), and the damaged newer ones ("step_N: what is wrong"), each also
+    skipped with a warning through ``log``."""
+    damaged: list[str] = []
     for path in step_folders(root):
         try:
-            return path, verify(path)
+            return (path, verify(path)), damaged
         except ChecksumError as e:
-            log(f"warning: skipping damaged checkpoint {path.name}: {e}")
-    return None
+            damaged.append(f"{path.name}: {e}")
+            log(f"warning: skipping damaged checkpoint {damaged[-1]}")
+    return None, damaged
 
 
 def check_finite(sd: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
@@ -238,7 +241,7 @@ def open_checkpoint(path: str | Path, log: Callable[[str], None]) -> tuple[Found
     if _STEP_DIR.match(Path(path).name) or (Path(path) / STATE_FILE).exists():
         verified = verify(found.path)
     else:  # a folder of steps: its newest intact one, the damage named
-        intact = newest_intact(found.path.parent, log)
+        intact, _ = newest_intact(found.path.parent, log)
         if intact is None:
             raise ChecksumError(f"{path}: no intact checkpoint (each was named above)")
         found, verified = resolve(intact[0]), intact[1]

@@ -143,13 +143,7 @@ def locate(cfg: RunConfig, log: Callable[[str], None] = print) -> ResumePoint | 
                               "start from it with pretrained= instead")
         return _point(found.path, checkpoint.verify(found.path), cfg)
     out = Path(cfg.train.output_dir)
-    damaged: list[str] = []
-
-    def note(message: str) -> None:
-        damaged.append(message.removeprefix("warning: skipping damaged checkpoint "))
-        log(message)
-
-    found = checkpoint.newest_intact(out / "checkpoints", note)
+    found, damaged = checkpoint.newest_intact(out / "checkpoints", log)
     if found is not None:
         return _point(*found, cfg)
     if setting == "auto" and not damaged:
