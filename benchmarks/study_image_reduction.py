@@ -1,17 +1,17 @@
 """Study: which way of cutting image tokens trains best (CLIPA section 3.1, Figure 3 / Table 1).
 
-Each strategy keeps 16 of the 64 patch tokens of a micro CLIP on the built-in world for the
-same pretraining samples (so the same compute); "none" sees all 64 tokens for as many samples
+Each strategy keeps 4 of the 16 patch tokens of a micro CLIP on the built-in world for the
+same pretraining samples (so the same compute); "none" sees all 16 tokens for as many samples
 as the same FLOPs buy. Every run then gets the same short full-token fine-tune. Writes
-image_reduction.{csv,json,png} (to --out, default runs/studies); the last line is resize's gain over the best
-masking strategy after the fine-tune, in seed standard deviations.
+image_reduction.{csv,json,png} (to --out, default runs/studies); the last lines are the
+verdicts on the paper's claims after the fine-tune, on which object.
 
-    python benchmarks/study_image_reduction.py            # 3 seeds; 2.6 min run alone at load 1.6-2.0 on 2 shared cores
+    python benchmarks/study_image_reduction.py            # 3 seeds, 2 at a time
 """
 
-from study import args, before_after, pair_gflops, stage
+from study import args, before_after, claim, pair_gflops, print_claim, stage
 
-PRETRAIN, FINETUNE, KEEP = 8192, 2048, 16
+PRETRAIN, FINETUNE, KEEP = 1152 * 128, 128 * 128, 4
 
 STRATEGIES = {
     "resize": dict(image_size=16, image_reduction={"strategy": "resize"}),
@@ -24,21 +24,29 @@ STRATEGIES = {
 def settings() -> dict:
     out = {}
     # Same FLOPs as the reduced runs: full tokens for fewer samples.
-    full = int(PRETRAIN * pair_gflops("micro-32", patches=KEEP) / pair_gflops("micro-32") // 128 * 128)
+    full = int(PRETRAIN * pair_gflops(patches=KEEP) / pair_gflops() // 128 * 128)
     for name, reduction in {"none": {}, **STRATEGIES}.items():
-        out[name] = dict(stages=[stage("pretrain", full if name == "none" else PRETRAIN, **reduction),
-                                 stage("finetune", FINETUNE, lr=1e-3)],
-                         fields={"pretrain_samples": full if name == "none" else PRETRAIN})
+        samples = full if name == "none" else PRETRAIN
+        out[name] = dict(stages=[stage("pretrain", samples, **reduction), stage("finetune", FINETUNE, lr=1e-3)],
+                         fields={"pretrain_samples": samples})
     return out
 
 
+def claims(rows: list[dict]) -> list[dict]:
+    after = lambda r: r["stage"] == "finetune"  # noqa: E731
+    return [claim("CLIPA: resizing beats random masking as image token reduction",
+                  "resizing is the best of resize, random, grid and block masking", "resize", "random", rows, after),
+            claim("CLIPA: fewer image tokens for more samples beat full tokens at the same compute",
+                  "reduced-token pretraining, then a short full-token fine-tune, at a fraction of the compute",
+                  "resize", "none", rows, after)]
+
+
 def main() -> None:
-    after = before_after("image-reduction", settings(), args(__doc__),
-                         f"Image tokens: {KEEP} of 64 kept, same compute; then the same full-token fine-tune")
-    best_mask = max(("random", "grid", "block"), key=lambda k: after[k]["mean"])
-    spread = max(s["std"] for s in after.values()) or 1e-9
-    print(f"resize minus best masking ({best_mask}) after fine-tune, in seed standard deviations: "
-          f"{(after['resize']['mean'] - after[best_mask]['mean']) / spread:.2f}")
+    judged = before_after("image-reduction", settings(), args(__doc__),
+                          f"Image tokens: {KEEP} of 16 kept, same compute; then the same full-token fine-tune",
+                          claims, baseline="none")
+    for c in judged:
+        print_claim(c)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,15 @@
 
 The world's captions are 6 to 23 tokens (mean 15, start and end tokens included); each strategy cuts them to 8 for the
 same pretraining samples, then every run gets the same short fine-tune at the full 32 tokens.
-"full" trains at 32 tokens throughout. Writes text_reduction.{csv,json,png} to --out (default runs/studies); the
-last line is syntax's gain over truncation after the fine-tune, in seed standard deviations.
+"full" trains at 32 tokens throughout. Writes text_reduction.{csv,json,png} to --out (default
+runs/studies); the last line is the verdict on the paper's claim after the fine-tune, on which object.
 
-    python benchmarks/study_text_reduction.py            # 3 seeds; 1.9 min for the published table (its JSON: 112 s), 4.7 min once at load 1.4-3.1
+    python benchmarks/study_text_reduction.py            # 3 seeds, 2 at a time
 """
 
-from study import args, before_after, stage
+from study import args, before_after, claim, print_claim, stage
 
-PRETRAIN, FINETUNE, LENGTH = 8192, 1024, 8
+PRETRAIN, FINETUNE, LENGTH = 1024 * 128, 128 * 128, 8
 STRATEGIES = ["truncate", "random", "block", "syntax"]
 
 
@@ -22,12 +22,16 @@ def settings() -> dict:
     return out
 
 
+def claims(rows: list[dict]) -> list[dict]:
+    return [claim("CLIPA: syntax masking is the best text token reduction", "syntax masking (nouns and adjectives kept) "
+                  "is CLIPA's choice over truncation, random and block masking", "syntax", "truncate", rows, lambda r: r["stage"] == "finetune")]
+
+
 def main() -> None:
-    after = before_after("text-reduction", settings(), args(__doc__),
-                         f"Captions cut to {LENGTH} tokens, then the same full-length fine-tune")
-    spread = max(s["std"] for s in after.values()) or 1e-9
-    print(f"syntax minus truncate after fine-tune, in seed standard deviations: "
-          f"{(after['syntax']['mean'] - after['truncate']['mean']) / spread:.2f}")
+    judged = before_after("text-reduction", settings(), args(__doc__),
+                          f"Captions cut to {LENGTH} tokens, then the same full-length fine-tune", claims, baseline="full")
+    for c in judged:
+        print_claim(c)
 
 
 if __name__ == "__main__":
