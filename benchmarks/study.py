@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from clipa.checkpoint import MODEL_FILE
 from clipa.config import ModelConfig, load_config
 from clipa.eval.world import CHANCE
 from clipa.flops import pair_flops
@@ -72,17 +73,23 @@ def pair_gflops(size: str = DEFAULT_SIZE, image_size: int | None = None, patches
 
 
 def run(stages: list[dict], seed: int, size: str = DEFAULT_SIZE, train: dict | None = None,
-        probe: Callable[[Any], dict] | None = None) -> list[dict]:
+        probe: Callable[[Any], dict] | None = None, keep: Path | None = None,
+        start_from: Path | None = None) -> list[dict]:
     """Train one seed of one setting; the world's metrics after each stage, with seconds taken,
-    and ``probe(model)``'s figures on the last stage's row."""
+    and ``probe(model)``'s figures on the last stage's row. ``keep``: write the run to
+    ``keep/seed-N`` and leave it there; ``start_from``: begin from the weights that a kept run
+    of the same seed ended with (a fine-tune of one shared pretraining)."""
     with tempfile.TemporaryDirectory() as tmp:
+        folder = keep / f"seed-{seed}" if keep else Path(tmp)
         experiment = {
             "model": "clipa-tiny",
             "model_overrides": SIZES[size],
             "data": {"source": "world"},
             "stages": stages,
-            "train": {"seed": seed, "threads": 1, "progress": False, "output_dir": tmp, **(train or {})},
+            "train": {"seed": seed, "threads": 1, "progress": False, "output_dir": str(folder), **(train or {})},
         }
+        if start_from:
+            experiment["pretrained"] = str(final_weights(start_from / f"seed-{seed}"))
         path = Path(tmp) / "experiment.yaml"
         path.write_text(yaml.safe_dump(experiment))
         t0 = time.perf_counter()
@@ -93,6 +100,14 @@ def run(stages: list[dict], seed: int, size: str = DEFAULT_SIZE, train: dict | N
     rows = [{"stage": r["stage_name"], "seconds": round(seconds, 1), **{m: r[m] for m in METRICS}} for r in results]
     rows[-1].update(probed)
     return rows
+
+
+def final_weights(run_folder: Path) -> Path:
+    """The model weights of a finished run's last checkpoint."""
+    steps = sorted((run_folder / "checkpoints").glob("step_*"))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {run_folder / 'checkpoints'}")
+    return steps[-1] / MODEL_FILE
 
 
 def sweep(name: str, settings: dict[str, dict], seeds: Iterable[int], jobs: int = 1) -> list[dict]:

@@ -166,39 +166,34 @@ def test_loader_resumes_exactly_and_splits_by_rank():
     assert torch.equal(torch.cat([r["images"] for r in ranks]), batches[0]["images"])
 
 
+# The studies' micro-64 (benchmarks/study.py): two layers per tower, width 64, heads of 16,
+# 8 px patches (16 image tokens), 24-token captions.
 MICRO = ["model_overrides.embed_dim=64", "model_overrides.vision.width=64", "model_overrides.vision.layers=2",
-         "model_overrides.vision.head_width=32", "model_overrides.text.width=64", "model_overrides.text.heads=2",
-         "model_overrides.text.layers=2", "model_overrides.text.context_length=32"]
+         "model_overrides.vision.head_width=16", "model_overrides.vision.patch_size=8",
+         "model_overrides.text.width=64", "model_overrides.text.heads=4", "model_overrides.text.layers=2",
+         "model_overrides.text.context_length=24"]
 
 
-# micro-64 with four attention heads per tower instead of two (benchmarks' micro-64-4h): after
-# 1,024 steps its worst seed of three is above chance on every task (object 22.7%, relation
-# 55.5%); with two heads the worst was 13.7% and 52.5%.
-FOUR_HEADS = [*MICRO, "model_overrides.vision.head_width=16", "model_overrides.text.heads=4"]
-
-
-def _train_on_world(tmp_path, samples: int, model: list[str] = MICRO) -> dict:
+def _train_on_world(tmp_path, samples: int, warmup: int = 10) -> dict:
     from clipa.config import load_config
     from clipa.train.trainer import Trainer
 
-    cfg = load_config(None, ["data.source=world", *model, f"stage.samples={samples}", "stage.batch_size=128",
-                             "stage.lr=3e-3", "stage.warmup=10", "train.seed=0", "train.progress=false",
+    cfg = load_config(None, ["data.source=world", *MICRO, f"stage.samples={samples}", "stage.batch_size=128",
+                             "stage.lr=3e-3", f"stage.warmup={warmup}", "train.seed=0", "train.progress=false",
                              f"train.output_dir={tmp_path}"])
     return Trainer(cfg).fit()[-1]
 
 
 def test_short_run_learns_colour_size_and_retrieval(tmp_path):
-    """32 steps of 128 (about 10 s on one idle core): colour, size and retrieval well above chance.
+    """64 steps of 128 (about 15 s on one idle core): colour, size and retrieval well above chance.
 
     Object identity on held-out kind-colour pairs and left/right/above/below relations are not
-    asserted here: this micro CLIP does not learn them within seconds (object 7.5-10.8% after
-    128 steps over three seeds, 12-18% after 256, 14-32% after 1,024, chance 10%; relations
-    44-54% up to 256 steps and 52-67% at 1,024; benchmarks/study_world_learning.py measures
-    it, clipa.data.world's docstring and the README's world section say why). The slow test
-    below asserts them after 1,024 steps of a four-head model."""
+    asserted here: they come after hundreds of steps, not within seconds (clipa.data.world's
+    docstring and the README's world section give the figures). The slow test below asserts
+    them after 1,024 steps."""
     from clipa.eval.world import CHANCE
 
-    metrics = _train_on_world(tmp_path, 4096)
+    metrics = _train_on_world(tmp_path, 8192)
     assert metrics["colour_acc1"] > CHANCE["colour_acc1"] + 0.5
     assert metrics["size_acc1"] > CHANCE["size_acc1"] + 0.1
     assert metrics["image_retrieval_recall@5"] > 5 * 5 / world.EVAL_RETRIEVAL  # 5x chance
@@ -206,20 +201,17 @@ def test_short_run_learns_colour_size_and_retrieval(tmp_path):
 
 @pytest.mark.slow
 def test_a_few_minutes_beat_chance_on_every_task(tmp_path):
-    """1,024 steps of 128 with four heads per tower (2-3.5 min on two cores): every zero-shot
-    task above chance by a stated margin, on held-out kind-colour pairs and wording.
+    """1,024 steps of 128 (about 4 min on two cores): every zero-shot task above chance by a
+    stated margin, on held-out kind-colour pairs, glyphs and wording.
 
-    Measured with seeds 0, 1, 2 (``benchmarks/study_world_learning.py``, one thread each):
-    object 26%, 23%, 30% (chance 10%), relation 84%, 56%, 57% (chance 50%; 400 pairs, so one
-    standard error is 2.5 points), colour and size 100%; this test's own run (seed 0, two
-    threads) gave 32% and 68%. The margins sit under the worst seed."""
+    MEASURED"""
     from clipa.eval.world import CHANCE
 
-    metrics = _train_on_world(tmp_path, 1024 * 128, FOUR_HEADS)
-    assert metrics["object_acc1"] > CHANCE["object_acc1"] + 0.08
+    metrics = _train_on_world(tmp_path, 1024 * 128, warmup=20)
+    assert metrics["object_acc1"] > CHANCE["object_acc1"] + 0.2
     assert metrics["colour_acc1"] > CHANCE["colour_acc1"] + 0.7
     assert metrics["size_acc1"] > CHANCE["size_acc1"] + 0.4
-    assert metrics["relation_acc1"] > CHANCE["relation_acc1"] + 0.04
+    assert metrics["relation_acc1"] > CHANCE["relation_acc1"] + 0.15
     assert metrics["image_retrieval_recall@5"] > 50 * 5 / world.EVAL_RETRIEVAL  # 50x chance
 
 

@@ -8,8 +8,8 @@ attribute changed ("an image of a small red swan.", ...), as the relation task a
 "A is left of B" or "B is left of A" (two-object scenes, chance 50%). The true prompt is
 always a held-out combination. Prompts naming the class alone ("an image of a ring.") would
 measure a colour prior instead: training never shows a kind in its held-out colour, so a
-bare noun's embedding leans away from exactly that colour (after 1,024 steps of micro-64,
-seeds 0 and 1: 14% and 29% with whole phrases, 12% and 5% with bare nouns; chance 10%,
+bare noun's embedding leans away from exactly that colour (after 1,024 steps of micro-64
+with 4 px patches, seeds 0 and 1: 14% and 29% with whole phrases, 12% and 5% with bare nouns; chance 10%,
 ``benchmarks/study_world_learning.py``). Retrieval is recall@k over 500 scenes of one to
 three objects, one held-out caption each.
 """
