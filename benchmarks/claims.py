@@ -11,6 +11,7 @@ reproduced.
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from study import OUT
@@ -27,7 +28,8 @@ def main() -> None:
     for name in STUDIES:
         path = a.out / f"{name}.json"
         if not path.exists():
-            print(f"clipa: error: {path} is missing: run benchmarks/study_*.py --out {a.out} first")
+            print(f"clipa: error: {path} is missing: run its benchmarks/study_*.py with --out {a.out}",
+                  file=sys.stderr)
             continue
         records[name] = json.loads(path.read_text())
     print("| claim | the paper | the microscope (which object, mean ± std over seeds) | verdict | effect (seed sds) |")

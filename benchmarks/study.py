@@ -219,7 +219,7 @@ def before_after(name: str, settings: dict[str, dict], a: argparse.Namespace, ti
                  claims: Callable[[list[dict]], list[dict]], baseline: str) -> list[dict]:
     """Run a two-stage (pretrain, finetune) comparison; write its table, the ``claims`` judged on
     its rows and a bar plot of which object (and the mean of the four tasks) after each stage;
-    return the claims. ``baseline`` is the full-token setting."""
+    print and return the claims. ``baseline`` is the full-token setting."""
     t0 = time.perf_counter()
     rows = sweep(name, settings, a.seeds, a.jobs)
     summary = [s for m in ("object_acc1", "zeroshot_mean", "image_retrieval_recall@5")
@@ -235,9 +235,7 @@ def before_after(name: str, settings: dict[str, dict], a: argparse.Namespace, ti
         bars(ax, [s for s in summary if s["metric"] == metric], list(settings), ["pretrain", "finetune"], "stage",
              rows, metric)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(a.out / f"{stem}.png", dpi=120)
-    print(f"finished in {time.perf_counter() - t0:.0f} s")
+    finish(fig, a.out, stem, t0, judged)
     return judged
 
 
@@ -313,3 +311,12 @@ def claim(text: str, paper_figure: str, favoured: str, other: str, rows: list[di
 def print_claim(c: dict) -> None:
     """The study's last line: its claim's verdict and effect."""
     print(f"{c['claim']}: {c['microscope']} ({c['metric']}); effect {c['effect_sds']:+.2f} seed sds: {c['verdict']}")
+
+
+def finish(fig, out: Path, stem: str, t0: float, claims: list[dict]) -> None:
+    """Save the study's plot as ``out/STEM.png``; print its time, then its verdicts, last."""
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    print(f"finished in {time.perf_counter() - t0:.0f} s")
+    for c in claims:
+        print_claim(c)

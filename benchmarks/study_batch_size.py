@@ -14,7 +14,7 @@ to --out (default runs/studies); the last line is the verdict on the claim, on w
 
 import time
 
-from study import (args, chance_and_axis, claim, print_claim, print_summary, pyplot, stage, summarise, sweep,
+from study import (args, chance_and_axis, claim, finish, print_summary, pyplot, stage, summarise, sweep,
                    write)
 
 BATCHES, MICROBATCH = [32, 128, 512, 1024, 4096], 256
@@ -70,10 +70,7 @@ def main() -> None:
         ax.set_ylabel(metric)
         chance_and_axis(ax, [r[metric] for r in rows], metric)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(a.out / f"{stem}.png", dpi=120)
-    print(f"finished in {time.perf_counter() - t0:.0f} s")
-    print_claim(verdict)
+    finish(fig, a.out, stem, t0, [verdict])
 
 
 if __name__ == "__main__":

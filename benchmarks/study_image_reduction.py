@@ -9,7 +9,7 @@ verdicts on the paper's claims after the fine-tune, on which object.
     python benchmarks/study_image_reduction.py            # 3 seeds, 2 at a time
 """
 
-from study import args, before_after, claim, pair_gflops, print_claim, stage
+from study import args, before_after, claim, pair_gflops, stage
 
 PRETRAIN, FINETUNE, KEEP = 1152 * 128, 128 * 128, 4
 
@@ -42,11 +42,9 @@ def claims(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    judged = before_after("image-reduction", settings(), args(__doc__),
+    before_after("image-reduction", settings(), args(__doc__),
                           f"Image tokens: {KEEP} of 16 kept, same compute; then the same full-token fine-tune",
                           claims, baseline="none")
-    for c in judged:
-        print_claim(c)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ the claim: which object kept at 4 tokens by the largest model against the smalle
 
 import time
 
-from study import (args, chance, chance_and_axis, claim, print_claim, print_summary, pyplot, stage, summarise,
+from study import (args, chance, chance_and_axis, claim, finish, print_summary, pyplot, stage, summarise,
                    sweep, write)
 
 PRETRAIN, FINETUNE = 1024 * 128, 128 * 128
@@ -64,10 +64,7 @@ def main() -> None:
     chance_and_axis(axes[0], [r["object_acc1"] for r in rows], "object_acc1")  # sharey: both panels
     axes[1].axhline(chance("object_acc1"), color="grey", linestyle="--", linewidth=1)
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(a.out / "inverse_scaling.png", dpi=120)
-    print(f"finished in {time.perf_counter() - t0:.0f} s")
-    print_claim(verdict)
+    finish(fig, a.out, "inverse_scaling", t0, [verdict])
 
 
 if __name__ == "__main__":

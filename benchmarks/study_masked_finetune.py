@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from study import (args, bars, chance_and_axis, claim, model_config, pair_gflops, print_claim, print_summary,
+from study import (args, bars, chance_and_axis, claim, finish, model_config, pair_gflops, print_summary,
                    pyplot, stage, summarise, sweep, write)
 
 from clipa.config import ImageReductionConfig
@@ -78,10 +78,7 @@ def main() -> None:
     right.set_xlabel("fine-tune TFLOPs (clipa.flops)")
     right.set_ylabel("object_acc1 after the fine-tune")
     chance_and_axis(right, [r["object_acc1"] for r in rows if r["stage"] == "finetune"], "object_acc1")
-    fig.tight_layout()
-    fig.savefig(a.out / "masked_finetune.png", dpi=120)
-    print(f"finished in {time.perf_counter() - t0:.0f} s")
-    print_claim(verdict)
+    finish(fig, a.out, "masked_finetune", t0, [verdict])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ runs/studies); the last line is the verdict on the paper's claim after the fine-
     python benchmarks/study_text_reduction.py            # 3 seeds, 2 at a time
 """
 
-from study import args, before_after, claim, print_claim, stage
+from study import args, before_after, claim, stage
 
 PRETRAIN, FINETUNE, LENGTH = 1024 * 128, 128 * 128, 8
 STRATEGIES = ["truncate", "random", "block", "syntax"]
@@ -28,10 +28,8 @@ def claims(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    judged = before_after("text-reduction", settings(), args(__doc__),
+    before_after("text-reduction", settings(), args(__doc__),
                           f"Captions cut to {LENGTH} tokens, then the same full-length fine-tune", claims, baseline="full")
-    for c in judged:
-        print_claim(c)
 
 
 if __name__ == "__main__":
