@@ -155,6 +155,12 @@ def summarise(rows: list[dict], by: list[str], metric: str = HEADLINE) -> list[d
     return out
 
 
+def summaries(rows: list[dict], by: list[str],
+              metrics: Iterable[str] = ("object_acc1", "zeroshot_mean", "image_retrieval_recall@5")) -> list[dict]:
+    """``summarise`` for each of ``metrics``, identity first."""
+    return [s for m in metrics for s in summarise(rows, by, m)]
+
+
 def write(name: str, rows: list[dict], summary: list[dict], seconds: float, out: Path = OUT,
           claims: list[dict] = (), baseline: Callable[[dict], bool] | None = None) -> Path:
     """``OUT/NAME.csv`` (one row per run and stage) and ``NAME.json``: the rows, the summary, the
@@ -222,8 +228,7 @@ def before_after(name: str, settings: dict[str, dict], a: argparse.Namespace, ti
     print and return the claims. ``baseline`` is the full-token setting."""
     t0 = time.perf_counter()
     rows = sweep(name, settings, a.seeds, a.jobs)
-    summary = [s for m in ("object_acc1", "zeroshot_mean", "image_retrieval_recall@5")
-               for s in summarise(rows, ["setting", "stage"], m)]
+    summary = summaries(rows, ["setting", "stage"])
     judged = claims(rows)
     stem = name.replace("-", "_")
     write(stem, rows, summary, time.perf_counter() - t0, a.out, judged,

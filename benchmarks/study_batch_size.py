@@ -14,7 +14,7 @@ to --out (default runs/studies); the last line is the verdict on the claim, on w
 
 import time
 
-from study import (args, chance_and_axis, claim, finish, print_summary, pyplot, stage, summarise, sweep,
+from study import (args, chance_and_axis, claim, finish, print_summary, pyplot, stage, summaries, sweep,
                    write)
 
 BATCHES, MICROBATCH = [32, 128, 512, 1024, 4096], 256
@@ -40,8 +40,7 @@ def main() -> None:
     equal = a.equal
     t0 = time.perf_counter()
     rows = sweep(f"batch-size-{equal}", settings(equal), a.seeds, a.jobs)
-    summary = [s for m in ("object_acc1", "zeroshot_mean", "image_retrieval_recall@5")
-               for s in summarise(rows, ["setting", "batch"], m)]
+    summary = summaries(rows, ["setting", "batch"])
     if equal == "steps":
         verdict = claim("BASIC: a bigger contrastive batch is better when steps are not the limit",
                         "ImageNet zero-shot rises with the contrastive batch, up to 65,536",

@@ -12,7 +12,7 @@ the claim: which object kept at 4 tokens by the largest model against the smalle
 
 import time
 
-from study import (args, chance, chance_and_axis, claim, finish, print_summary, pyplot, stage, summarise,
+from study import (args, chance, chance_and_axis, claim, finish, print_summary, pyplot, stage, summaries,
                    sweep, write)
 
 PRETRAIN, FINETUNE = 1024 * 128, 128 * 128
@@ -39,8 +39,7 @@ def main() -> None:
     full = {(r["model"], r["stage"], r["seed"]): r["object_acc1"] for r in rows if r["tokens"] == 16}
     for r in rows:
         r["kept_vs_16"] = r["object_acc1"] - full[r["model"], r["stage"], r["seed"]]
-    summary = [s for m in ("object_acc1", "kept_vs_16", "zeroshot_mean")
-               for s in summarise(rows, ["model", "tokens", "stage"], m)]
+    summary = summaries(rows, ["model", "tokens", "stage"], ("object_acc1", "kept_vs_16", "zeroshot_mean"))
     small, large = MODELS[0], MODELS[-1]
     verdict = claim("CLIPA: a larger encoder loses less accuracy to fewer image tokens",
                     "Figure 1: at fewer tokens the larger models' ImageNet zero-shot falls less",

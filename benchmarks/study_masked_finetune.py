@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from study import (args, bars, chance_and_axis, claim, finish, model_config, pair_gflops, print_summary,
-                   pyplot, stage, summarise, sweep, write)
+                   pyplot, stage, summaries, sweep, write)
 
 from clipa.config import ImageReductionConfig
 from clipa.reduction.image import num_kept
@@ -56,8 +56,7 @@ def main() -> None:
     # Each setting's table: the seed's shared pretraining row, then its own fine-tune.
     rows = [{**t, "stage": "pretrain", **{k: v for k, v in p.items() if k not in ("setting", "stage")}}
             for t in tuned for p in shared if p["seed"] == t["seed"]] + tuned
-    summary = [s for m in ("object_acc1", "zeroshot_mean", "image_retrieval_recall@5")
-               for s in summarise(rows, ["setting", "stage"], m)]
+    summary = summaries(rows, ["setting", "stage"])
     verdict = claim("CLIPA-v2: a 30%-masked fine-tune keeps an unmasked one's accuracy for less compute",
                     "the law holds in fine-tuning: 30% masked at 224 px, then 40% at 336 px, for 81.8% ImageNet "
                     "zero-shot", "30% masked", "0% masked", rows, lambda r: r["stage"] == "finetune", equivalence=True)

@@ -1,8 +1,8 @@
 """Study: which way of cutting captions trains best (CLIPA section 3.2, Table 2).
 
 The world's captions are 6 to 23 tokens (mean 15, start and end tokens included); each strategy cuts them to 8 for the
-same pretraining samples, then every run gets the same short fine-tune at the full 32 tokens.
-"full" trains at 32 tokens throughout. Writes text_reduction.{csv,json,png} to --out (default
+same pretraining samples, then every run gets the same short fine-tune at the full 24 tokens.
+"full" trains at 24 tokens throughout. Writes text_reduction.{csv,json,png} to --out (default
 runs/studies); the last line is the verdict on the paper's claim after the fine-tune, on which object.
 
     python benchmarks/study_text_reduction.py            # 3 seeds, 2 at a time
