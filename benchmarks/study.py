@@ -142,6 +142,21 @@ def sweep(name: str, settings: dict[str, dict], seeds: Iterable[int], jobs: int 
             for (label, fields, seed, _), runs in zip(tasks, results) for r in runs]
 
 
+def after_shared_pretraining(name: str, pretrain: list[dict], settings: Callable[[Path], dict[str, dict]],
+                             seeds: Iterable[int], jobs: int = 1) -> tuple[list[dict], dict[str, dict]]:
+    """One pretraining (``pretrain``, its stages) per seed, then every setting of
+    ``settings(folder)`` from its weights (each setting's ``start_from=folder``). Returns the
+    settings and their rows, each setting's first row per seed the shared pretraining's, so a
+    table shows where every setting started."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shared = sweep(name, {"pretrain": dict(keep=Path(tmp), stages=pretrain)}, seeds, jobs)
+        table = settings(Path(tmp))
+        tuned = sweep(name, table, seeds, jobs)
+    rows = [{**t, "stage": "pretrain", **{k: v for k, v in p.items() if k not in ("setting", "stage")}}
+            for t in tuned for p in shared if p["seed"] == t["seed"]] + tuned
+    return rows, table
+
+
 def summarise(rows: list[dict], by: list[str], metric: str = HEADLINE) -> list[dict]:
     """Mean, sample standard deviation and range over seeds of ``metric`` per group ``by``."""
     groups: dict[tuple, list[float]] = {}

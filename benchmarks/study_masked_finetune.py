@@ -13,12 +13,11 @@ unmasked, on which object).
     python benchmarks/study_masked_finetune.py            # 3 seeds, 2 at a time
 """
 
-import tempfile
 import time
 from pathlib import Path
 
-from study import (args, bars, chance_and_axis, claim, finish, model_config, pair_gflops, print_summary,
-                   pyplot, stage, summaries, sweep, write)
+from study import (after_shared_pretraining, args, bars, chance_and_axis, claim, finish, model_config, pair_gflops,
+                   print_summary, pyplot, stage, summaries, write)
 
 from clipa.config import ImageReductionConfig
 from clipa.reduction.image import num_kept
@@ -47,15 +46,8 @@ def finetunes(pretrained: Path) -> dict:
 def main() -> None:
     a = args(__doc__)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        pretrained = Path(tmp)
-        shared = sweep("masked-finetune", {"pretrain": dict(keep=pretrained, stages=[stage("pretrain", PRETRAIN)])},
-                       a.seeds, a.jobs)
-        table = finetunes(pretrained)
-        tuned = sweep("masked-finetune", table, a.seeds, a.jobs)
-    # Each setting's table: the seed's shared pretraining row, then its own fine-tune.
-    rows = [{**t, "stage": "pretrain", **{k: v for k, v in p.items() if k not in ("setting", "stage")}}
-            for t in tuned for p in shared if p["seed"] == t["seed"]] + tuned
+    rows, table = after_shared_pretraining("masked-finetune", [stage("pretrain", PRETRAIN)], finetunes, a.seeds,
+                                           a.jobs)
     summary = summaries(rows, ["setting", "stage"])
     verdict = claim("CLIPA-v2: a 30%-masked fine-tune keeps an unmasked one's accuracy for less compute",
                     "the law holds in fine-tuning: 30% masked at 224 px, then 40% at 336 px, for 81.8% ImageNet "
