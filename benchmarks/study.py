@@ -142,14 +142,14 @@ def sweep(name: str, settings: dict[str, dict], seeds: Iterable[int], jobs: int 
             for (label, fields, seed, _), runs in zip(tasks, results) for r in runs]
 
 
-def after_shared_pretraining(name: str, pretrain: list[dict], settings: Callable[[Path], dict[str, dict]],
+def after_shared_pretraining(name: str, pretrain: dict, settings: Callable[[Path], dict[str, dict]],
                              seeds: Iterable[int], jobs: int = 1) -> tuple[list[dict], dict[str, dict]]:
-    """One pretraining (``pretrain``, its stages) per seed, then every setting of
+    """One pretraining (``pretrain``: ``run``'s keyword arguments) per seed, then every setting of
     ``settings(folder)`` from its weights (each setting's ``start_from=folder``). Returns the
     settings and their rows, each setting's first row per seed the shared pretraining's, so a
     table shows where every setting started."""
     with tempfile.TemporaryDirectory() as tmp:
-        shared = sweep(name, {"pretrain": dict(keep=Path(tmp), stages=pretrain)}, seeds, jobs)
+        shared = sweep(name, {"pretrain": dict(pretrain, keep=Path(tmp))}, seeds, jobs)
         table = settings(Path(tmp))
         tuned = sweep(name, table, seeds, jobs)
     rows = [{**t, "stage": "pretrain", **{k: v for k, v in p.items() if k not in ("setting", "stage")}}

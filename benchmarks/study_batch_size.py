@@ -47,7 +47,7 @@ def main() -> None:
     equal = a.equal
     t0 = time.perf_counter()
     if equal == "steps":
-        rows, _ = after_shared_pretraining("batch-size-steps", [stage("pretrain", PRETRAIN)],
+        rows, _ = after_shared_pretraining("batch-size-steps", dict(stages=[stage("pretrain", PRETRAIN)]),
                                            lambda folder: settings("steps", folder), a.seeds, a.jobs)
         verdict = claim("BASIC: a bigger contrastive batch is better when steps are not the limit",
                         "ImageNet zero-shot rises with the contrastive batch, up to 65,536",

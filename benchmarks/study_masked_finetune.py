@@ -46,8 +46,8 @@ def finetunes(pretrained: Path) -> dict:
 def main() -> None:
     a = args(__doc__)
     t0 = time.perf_counter()
-    rows, table = after_shared_pretraining("masked-finetune", [stage("pretrain", PRETRAIN)], finetunes, a.seeds,
-                                           a.jobs)
+    pretrain = dict(stages=[stage("pretrain", PRETRAIN)])
+    rows, table = after_shared_pretraining("masked-finetune", pretrain, finetunes, a.seeds, a.jobs)
     summary = summaries(rows, ["setting", "stage"])
     verdict = claim("CLIPA-v2: a 30%-masked fine-tune keeps an unmasked one's accuracy for less compute",
                     "the law holds in fine-tuning: 30% masked at 224 px, then 40% at 336 px, for 81.8% ImageNet "

@@ -60,3 +60,17 @@ def test_two_runs_at_a_time_give_what_one_at_a_time_gives(study):
     assert [r["seed"] for r in paired] == [0, 1] and all(r["batch"] == 32 for r in paired)
     for a, b in zip(alone, paired):
         assert {k: a[k] for k in study.METRICS} == {k: b[k] for k in study.METRICS}
+
+
+def test_settings_after_a_shared_pretraining_start_from_its_weights(study):
+    """Each setting's table begins with its seed's shared pretraining, and the setting trains on
+    from those weights: its figures differ from the same stage run from scratch."""
+    tiny = dict(size="micro-32")
+    then = lambda folder: {"on": dict(tiny, start_from=folder, fields={"batch": 32},  # noqa: E731
+                                      stages=[study.stage("main", 64, batch_size=32)])}
+    pretrain = dict(tiny, stages=[study.stage("pretrain", 128, batch_size=32)])
+    rows, table = study.after_shared_pretraining("test", pretrain, then, [0])
+    assert list(table) == ["on"]
+    assert [(r["setting"], r["stage"], r["batch"]) for r in rows] == [("on", "pretrain", 32), ("on", "main", 32)]
+    scratch = study.sweep("test", {"on": dict(tiny, stages=[study.stage("main", 64, batch_size=32)])}, [0])
+    assert {k: rows[1][k] for k in study.METRICS} != {k: scratch[0][k] for k in study.METRICS}
