@@ -6,7 +6,9 @@ gets the same number of fine-tune steps with 0%, 30%, 40% or 50% of the 16 patch
 masked at random (the tower sees 16, 11, 9 or 8), its FLOPs from ``clipa.flops``. CLIPA-v2
 pretrains at a lower resolution than it fine-tunes; here both are 32 px: pretraining at 24 px
 (9 tokens) left which object at 10-15% after 1,024 steps and the fine-tune (seeds 0, 1), the
-glyphs then falling off the 8 px patch grid. Writes masked_finetune.{csv,json,png} to --out
+glyphs then falling off the 8 px patch grid; at 16 px (4 tokens) it learnt which object
+(0.48, 0.43 on seeds 0, 2), but 256 fine-tune steps at 32 px, where every glyph is twice the
+size, left 0.36 and 0.26, under the 0.30 a baseline needs. Writes masked_finetune.{csv,json,png} to --out
 (default runs/studies); the last line is the verdict on the claim (30% masked against
 unmasked, on which object).
 
