@@ -3,8 +3,7 @@
 A micro CLIP trains on the built-in world at contrastive batches of 32, 128, 1,024 and 4,096,
 every batch at the same learning rate: scaled with the square root of the batch, 4,096 (at
 1.7e-2) lost colour as well as which object, and at 96 steps of 4,096 from scratch 3e-3 beat
-6e-3.
-``--equal steps`` is BASIC's setting, where steps are not the limit and a bigger batch also
+6e-3. ``--equal steps`` is BASIC's setting, where steps are not the limit and a bigger batch also
 sees more samples: every batch continues one shared pretraining (1,024 steps of 128, where
 which object is learnt) for the same 64 optimizer steps. From scratch 64-96 steps are too few
 for which object at any batch (9-18%), and the few hundred steps it needs cost an hour of one

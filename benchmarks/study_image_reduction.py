@@ -43,8 +43,8 @@ def claims(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     before_after("image-reduction", settings(), args(__doc__),
-                          f"Image tokens: {KEEP} of 16 kept, same compute; then the same full-token fine-tune",
-                          claims, baseline="none")
+                 f"Image tokens: {KEEP} of 16 kept, same compute; then the same full-token fine-tune",
+                 claims, baseline="none")
 
 
 if __name__ == "__main__":

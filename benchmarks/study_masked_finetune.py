@@ -8,9 +8,9 @@ pretrains at a lower resolution than it fine-tunes; here both are 32 px: pretrai
 (9 tokens) left which object at 10-15% after 1,024 steps and the fine-tune (seeds 0, 1), the
 glyphs then falling off the 8 px patch grid; at 16 px (4 tokens) it learnt which object
 (0.48, 0.43 on seeds 0, 2), but 256 fine-tune steps at 32 px, where every glyph is twice the
-size, left 0.36 and 0.26, under the 0.30 a baseline needs. Writes masked_finetune.{csv,json,png} to --out
-(default runs/studies); the last line is the verdict on the claim (30% masked against
-unmasked, on which object).
+size, left 0.36 and 0.26, under the 0.30 a baseline needs. Writes
+masked_finetune.{csv,json,png} to --out (default runs/studies); the last line is the verdict
+on the claim (30% masked against unmasked, on which object).
 
     python benchmarks/study_masked_finetune.py            # 3 seeds, 2 at a time
 """

@@ -29,7 +29,7 @@ def claims(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     before_after("text-reduction", settings(), args(__doc__),
-                          f"Captions cut to {LENGTH} tokens, then the same full-length fine-tune", claims, baseline="full")
+                 f"Captions cut to {LENGTH} tokens, then the same full-length fine-tune", claims, baseline="full")
 
 
 if __name__ == "__main__":
